@@ -1,0 +1,68 @@
+"""Unsupervised, Supervised and PU objectives: pure functions of (L [B], y [B], beta) -> scalar.
+
+y = 1 marks labeled sensitive samples (S), y = 0 unlabeled ones (U). Each objective is minimised.
+"""
+import torch
+
+# Keeps -log(1 - exp(-L) + eps) finite as L -> 0 (DESIGN section 2).
+BOUNDED_LOSS_EPS = 1e-6
+
+
+def bounded_sensitive_loss(L):
+    """l_S(L) = -log(1 - exp(-L) + 1e-6), computed with expm1 to avoid cancellation for small L.
+
+    Bounded above by -log(1e-6) and decreasing in L: minimising it pushes the error up, but only
+    until the model is already bad at the sample, unlike -L which would diverge.
+    """
+    return -torch.log(-torch.expm1(-L) + BOUNDED_LOSS_EPS)
+
+
+def unsupervised(L, y, beta=0.0):
+    """Standard DDPM training on U only: sum((1 - y) * L) / B. S samples contribute 0."""
+    return ((1 - y) * L).sum() / L.shape[0]
+
+
+def supervised(L, y, beta=0.0):
+    """Treat U as normal and S as sensitive: sum((1 - y) * L + y * l_S(L)) / B."""
+    return ((1 - y) * L + y * bounded_sensitive_loss(L)).sum() / L.shape[0]
+
+
+def pu_risks(L, y, beta):
+    """The PU risk estimates (R_S, R_N) of one batch.
+
+    R_S = beta / n_S * sum(y * l_S(L)) is the sensitive-data risk on the labeled set;
+    R_N = sum(((1 - y) / n_U - beta * y / n_S) * L) estimates (1 - beta) E_N[L] from U and S, since
+    p_U = beta p_S + (1 - beta) p_N. n_S, n_U count the batch's S and U samples (at least 1).
+    """
+    n_s = y.sum().clamp(min=1)
+    n_u = (1 - y).sum().clamp(min=1)
+    r_s = beta / n_s * (y * bounded_sensitive_loss(L)).sum()
+    r_n = (((1 - y) / n_u - beta * y / n_s) * L).sum()
+    return r_s, r_n
+
+
+def pu(L, y, beta, correction="abs"):
+    """The proposed PU objective R_S + R_N with a non-negativity correction on R_N.
+
+    abs (default): R_S + |R_N|. nn: -R_N when R_N < 0 (climb back to R_N >= 0), else R_S + R_N.
+    R_N estimates a non-negative quantity; the corrections stop the model from driving it below
+    zero by inflating the error on sensitive samples.
+    """
+    r_s, r_n = pu_risks(L, y, beta)
+    if correction == "abs":
+        return r_s + r_n.abs()
+    if correction == "nn":
+        return -r_n if r_n < 0 else r_s + r_n
+    raise ValueError(f"unknown PU correction {correction!r}; use 'abs' or 'nn'")
+
+
+OBJECTIVES = {"Unsupervised": unsupervised, "Supervised": supervised, "PU": pu}
+
+
+def get_objective(algorithm, beta, correction="abs"):
+    """The objective for `algorithm` as a function of (L, y); beta is bound (0 for non-PU)."""
+    if algorithm not in OBJECTIVES:
+        raise KeyError(f"unknown algorithm {algorithm!r}; valid: {', '.join(OBJECTIVES)}")
+    if algorithm == "PU":
+        return lambda L, y: pu(L, y, beta, correction)
+    return lambda L, y: OBJECTIVES[algorithm](L, y)

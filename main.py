@@ -1,0 +1,30 @@
+"""Train a PU diffusion model from scratch (MNIST, CIFAR10, STL10 and the offline digits).
+
+    python main.py --config_name MNIST_even --algorithm PU --beta 0.1 --seed 42
+"""
+import argparse
+
+from diffusers import DDPMPipeline
+
+from configs import SCRATCH_CONFIGS
+from models import build_noise_scheduler, build_unet
+from utils.errors import exits_on_usage_error
+from utils.experiment import run_pixel_experiment
+from utils.run import Run, add_run_args
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(parser, configs=SCRATCH_CONFIGS, default_config="MNIST_even")
+    return parser.parse_args(argv)
+
+
+@exits_on_usage_error
+def main(args):
+    run = Run.from_args(args, prefix="main")
+    unet = build_unet(run.config)
+    run_pixel_experiment(run, unet, build_noise_scheduler(run.config), DDPMPipeline)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,228 @@
+"""Datasets, the PU split, and the in-memory tensors that training iterates over.
+
+Every dataset loads through torchvision (`download=True` into the data folder) or, for the digits,
+scikit-learn. The PU split (DESIGN section 3) draws indices with its own generator seeded by --seed
+and keeps the labels y in an array beside the dataset: nothing is ever written into a torchvision
+dataset. Deterministic transforms are applied once (`materialize`) and the results kept as tensors,
+since redoing them per item per epoch would make the loop data-bound.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from utils.errors import UsageError
+
+CELEBA_MALE_ATTR = 20       # index of "Male" among CelebA's 40 attributes
+DIGITS_TRAIN_SIZE = 1500    # scikit-learn's digits: the first 1500 images are the train split
+DIGITS_MAX_VALUE = 16.0     # digits pixels are integers 0..16
+
+
+# torchvision checks the md5 of CIFAR10, STL10 and CelebA files on every load; a copy placed by hand
+# (or a small fixture in the same format) would be rejected. Downloads are still md5-checked by
+# torchvision; an existing local copy is trusted once its files are present.
+class CIFAR10(tvd.CIFAR10):
+    def _check_integrity(self):
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                   for f, _ in self.train_list + self.test_list)
+
+
+class STL10(tvd.STL10):
+    def _check_integrity(self):
+        names = [self.train_list[0][0], self.train_list[1][0]] + [f for f, _ in self.test_list]
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in names)
+
+
+class CelebA(tvd.CelebA):
+    def _check_integrity(self):
+        folder = os.path.join(self.root, self.base_folder)
+        lists = [f for _, _, f in self.file_list if not f.endswith(".zip")]
+        return (all(os.path.isfile(os.path.join(folder, f)) for f in lists)
+                and os.path.isdir(os.path.join(folder, "img_align_celeba")))
+
+
+class Digits(Dataset):
+    """scikit-learn's bundled 8x8 handwritten digits as 3-channel images in [0, 1], upsampled (bilinear)."""
+
+    def __init__(self, train=True, image_size=16, transform=None):
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        part = slice(0, DIGITS_TRAIN_SIZE) if train else slice(DIGITS_TRAIN_SIZE, None)
+        images = torch.tensor(digits.images[part], dtype=torch.float32) / DIGITS_MAX_VALUE
+        images = images[:, None].expand(-1, 3, -1, -1)
+        self.data = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
+        self.targets = digits.target[part].tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        x = self.data[i]
+        return (self.transform(x) if self.transform else x), self.targets[i]
+
+
+def image_transform(config, to_unit_range=False):
+    """The paper's deterministic transforms; training images end in [-1, 1], test images in [0, 1]."""
+    if config.dataset == "Digits":
+        steps = []
+    elif config.dataset == "MNIST":
+        steps = [T.Grayscale(3), T.Resize(config.image_size, antialias=True), T.ToTensor()]
+    elif config.dataset in ("CIFAR10", "STL10"):
+        steps = [T.ToTensor()]
+    elif config.dataset == "CelebA":
+        # Aligned CelebA is 178 x 218: resize the short side, then crop the centre to a square.
+        steps = [T.Resize(config.image_size, antialias=True), T.CenterCrop(config.image_size), T.ToTensor()]
+    else:
+        raise KeyError(f"unknown dataset {config.dataset!r}")
+    if not to_unit_range:
+        steps.append(T.Normalize([0.5] * 3, [0.5] * 3))
+    return T.Compose(steps) if steps else None
+
+
+def load_dataset(config, data_dir, train, transform=None):
+    """The train or test split of `config.dataset`, downloading into `data_dir` when missing.
+
+    Returns (dataset, targets) where targets is an int64 array of class ids (CelebA: the Male
+    attribute). A missing dataset that cannot be downloaded is a UsageError saying where to put it.
+    """
+    name = config.dataset
+    try:
+        if name == "Digits":
+            ds = Digits(train=train, image_size=config.image_size, transform=transform)
+            return ds, np.asarray(ds.targets)
+        if name == "MNIST":
+            ds = tvd.MNIST(data_dir, train=train, transform=transform, download=True)
+            return ds, ds.targets.numpy()
+        if name == "CIFAR10":
+            ds = CIFAR10(data_dir, train=train, transform=transform, download=True)
+            return ds, np.asarray(ds.targets)
+        if name == "STL10":
+            ds = STL10(data_dir, split="train" if train else "test", transform=transform, download=True)
+            return ds, np.asarray(ds.labels)
+        if name == "CelebA":
+            ds = CelebA(data_dir, split="train" if train else "test", target_type=[], transform=transform,
+                        download=True)
+            return ds, ds.attr[:, CELEBA_MALE_ATTR].numpy()
+    except (RuntimeError, OSError, ImportError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{name} is not in {data_dir!s} and could not be downloaded ({reason}); "
+                         f"put the files there as datasets/README.md shows, or run once with network access")
+    raise KeyError(f"unknown dataset {name!r}")
+
+
+@dataclass
+class PUSplit:
+    """Indices into the train split and their PU labels (1 = labeled sensitive S, 0 = unlabeled U)."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    n_u_normal: int
+    n_u_sensitive: int
+    n_s: int
+
+
+def draw(pool, n, generator, what):
+    """`n` indices from `pool` without replacement; a UsageError if the pool is too small."""
+    if n > len(pool):
+        raise UsageError(f"asked for {n} {what} images but the train split holds only {len(pool)}; "
+                         f"lower the count in the config or choose other classes")
+    return pool[torch.randperm(len(pool), generator=generator)[:n].numpy()]
+
+
+def pu_split(targets, config, seed):
+    """The PU split of DESIGN section 3, drawn with a generator of its own seeded by `seed`.
+
+    U-normal comes from the normal-class indices, S + U-sensitive from the others; the first n_s of
+    the sensitive draw are labeled y = 1, the rest join U with y = 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    is_normal = np.isin(targets, config.normal_classes)
+    normal = draw(np.flatnonzero(is_normal), config.n_u_normal, generator, "normal")
+    sensitive = draw(np.flatnonzero(~is_normal), config.n_sensitive_drawn, generator, "sensitive")
+    indices = np.concatenate([sensitive[:config.n_s], sensitive[config.n_s:], normal])
+    labels = np.zeros(len(indices), dtype=np.int64)
+    labels[:config.n_s] = 1
+    return PUSplit(indices, labels, config.n_u_normal, config.n_u_sensitive, config.n_s)
+
+
+def test_indices(targets, config):
+    """The first n_test normal-class indices of the test split (the FID reference)."""
+    normal = np.flatnonzero(np.isin(targets, config.normal_classes))
+    if config.n_test > len(normal):
+        raise UsageError(f"asked for {config.n_test} normal test images but the test split holds only "
+                         f"{len(normal)}; lower n_test in the config")
+    return normal[:config.n_test]
+
+
+class PUDataset(Dataset):
+    """A view of `base` at `indices`, yielding (image, y) with y from the PU labels kept here."""
+
+    def __init__(self, base, indices, labels):
+        self.base, self.indices, self.labels = base, np.asarray(indices), np.asarray(labels)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.base[int(self.indices[i])][0], int(self.labels[i])
+
+
+class TensorPUDataset(Dataset):
+    """Images [N, C, H, W] and labels [N] held as tensors; `__getitems__` serves a whole batch in one
+    indexing op, so a DataLoader over it costs a gather per batch instead of N Python calls."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, device=self.images.device)
+        return self.images[idx], self.labels[idx]
+
+    def to(self, device):
+        return TensorPUDataset(self.images.to(device), self.labels.to(device))
+
+
+def collate_batch(batch):
+    """Collate for TensorPUDataset: `__getitems__` already returns the stacked batch."""
+    return batch
+
+
+def materialize(dataset, desc="preparing images"):
+    """Apply `dataset`'s (deterministic) transforms once and keep the results as a TensorPUDataset."""
+    items = [dataset[i] for i in tqdm(range(len(dataset)), desc=desc, leave=False)]
+    images = torch.stack([x for x, _ in items])
+    labels = torch.tensor([y for _, y in items], dtype=torch.int64)
+    return TensorPUDataset(images, labels)
+
+
+@dataclass
+class PUData:
+    """What a from-scratch or fine-tuning run trains and evaluates on."""
+
+    train: TensorPUDataset      # U and S images in [-1, 1] with PU labels
+    split: PUSplit
+    test: Dataset               # normal-only test images in [0, 1]
+
+
+def load_pu_data(config, data_dir, seed):
+    """Load, split and materialize `config`'s data; raises UsageError before anything is written."""
+    base, targets = load_dataset(config, data_dir, train=True, transform=image_transform(config))
+    split = pu_split(targets, config, seed)
+    test_base, test_targets = load_dataset(config, data_dir, train=False,
+                                           transform=image_transform(config, to_unit_range=True))
+    test = PUDataset(test_base, test_indices(test_targets, config), np.zeros(config.n_test, dtype=np.int64))
+    train = materialize(PUDataset(base, split.indices, split.labels))
+    return PUData(train=train, split=split, test=test)
