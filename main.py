@@ -10,18 +10,20 @@ from configs import SCRATCH_CONFIGS
 from models import build_noise_scheduler, build_unet
 from utils.errors import exits_on_usage_error
 from utils.experiment import run_pixel_experiment
-from utils.run import Run, add_run_args
+from utils.run import Run, add_eval_args, add_run_args, seed_everything
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser, configs=SCRATCH_CONFIGS, default_config="MNIST_even")
+    add_eval_args(parser)
     return parser.parse_args(argv)
 
 
 @exits_on_usage_error
 def main(args):
     run = Run.from_args(args, prefix="main")
+    seed_everything(args.seed)   # torch's default seed differs per process: the initial weights follow --seed
     unet = build_unet(run.config)
     run_pixel_experiment(run, unet, build_noise_scheduler(run.config), DDPMPipeline)
 

@@ -5,6 +5,7 @@ writes nothing), then trains with utils.training and saves through the helpers h
 which writes aside and renames, so no half-written checkpoint ever looks complete.
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -17,7 +18,10 @@ import torch
 from accelerate.utils import set_seed
 
 from configs import ALGORITHMS, PU_CORRECTIONS, get_config, with_overrides
+from utils.checkpointing import LATEST, Checkpointing
+from utils.data import DATA_ON_DEVICE
 from utils.errors import UsageError
+from utils.sampling import AUTO
 
 RUN_CONFIG_FILE = "run_config.json"
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -58,11 +62,26 @@ def positive_float(text):
     return value
 
 
+def batch_size_or_auto(text):
+    """A positive batch size, or 'auto': the largest that fits, found when sampling starts."""
+    return AUTO if text == AUTO else positive_int(text)
+
+
+# Config fields a registry script may override from the command line, with their types and meaning.
+DATA_COUNT_ARGS = {"n_u_normal": (positive_int, "normal images in U"),
+                   "n_u_sensitive": (non_negative_int, "sensitive images hidden in U"),
+                   "n_s": (positive_int, "labeled sensitive images S"),
+                   "n_test": (positive_int, "normal test images, the FID reference")}
+
+
 def add_run_args(parser, configs=None, default_config=None):
     """The arguments every training script takes; `configs` are the config names it supports."""
     if configs is not None:
         parser.add_argument("--config_name", default=default_config, choices=configs,
                             help="experiment from the config registry (default: %(default)s)")
+        counts = parser.add_argument_group("PU data counts (ablations and small trial runs)")
+        for name, (kind, what) in DATA_COUNT_ARGS.items():
+            counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
     parser.add_argument("--algorithm", default="PU", choices=ALGORITHMS, help="training objective (default: PU)")
     parser.add_argument("--beta", type=beta_value, default=None,
                         help=f"class prior: share of sensitive data in U, used by PU only (default: {DEFAULT_BETA})")
@@ -77,12 +96,40 @@ def add_run_args(parser, configs=None, default_config=None):
     parser.add_argument("--output_dir", default=".",
                         help="root that receives checkpoints/ and outputs/ (default: the current folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
+    state = parser.add_argument_group("training states (resume after a crash or a preemption)")
+    state.add_argument("--checkpointing_steps", type=positive_int,
+                       help="save the full training state every N optimizer steps to checkpoints/{key}.state/")
+    state.add_argument("--checkpoints_total_limit", type=positive_int,
+                       help="keep only the newest K training states (default: all)")
+    state.add_argument("--resume_from_checkpoint", metavar="latest|PATH",
+                       help=f"continue from a saved training state: '{LATEST}' (this run's newest; a fresh "
+                            f"start if none) or a checkpoint-STEP folder")
     gpu = parser.add_argument_group("precision and speed (results keep the same math)")
     gpu.add_argument("--mixed_precision", choices=MIXED_PRECISION,
                      help="autocast precision (default: fp16 on CUDA, no on CPU)")
     gpu.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
                      help="TF32 matmuls on Ampere+ GPUs (default: on)")
     gpu.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
+    gpu.add_argument("--compile", action="store_true",
+                     help="torch.compile the UNet for training; the first steps pay for the compilation")
+    gpu.add_argument("--data_on_device", choices=DATA_ON_DEVICE, default="auto",
+                     help="keep the training images on the GPU: auto (when they take at most a quarter of "
+                          "its free memory), yes or no (default: auto)")
+    return parser
+
+
+def add_eval_args(parser):
+    """The evaluation-after-training arguments of the pixel-space scripts (main.py, main-ft.py)."""
+    evaluation = parser.add_argument_group("evaluation after training (as evaluate.py)")
+    evaluation.add_argument("--num_eval_samples", type=non_negative_int,
+                            help="generated images for the non-sensitive rate and FID; 0 skips the "
+                                 "evaluation (default: the config's num_eval_samples)")
+    evaluation.add_argument("--eval_batch_size", type=batch_size_or_auto, default=AUTO,
+                            help="images per sampling batch: a number, or auto (the largest that fits on "
+                                 "CUDA, found by trial; a fixed size on CPU) (default: auto)")
+    evaluation.add_argument("--classifier_weights",
+                            help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
+    evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
     return parser
 
 
@@ -101,6 +148,7 @@ class Run:
     beta: float
     root: Path
     started: float = field(default_factory=time.time)
+    checkpointing: Checkpointing = None
 
     @property
     def checkpoint_dir(self):
@@ -122,7 +170,8 @@ class Run:
         """
         config = config or get_config(args.config_name)
         config = with_overrides(config, num_epochs=args.num_epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, num_inference_steps=args.num_inference_steps)
+                                learning_rate=args.learning_rate, num_inference_steps=args.num_inference_steps,
+                                **{k: getattr(args, k, None) for k in DATA_COUNT_ARGS})
         if args.algorithm == "PU":
             beta = DEFAULT_BETA if args.beta is None else args.beta
         else:
@@ -133,15 +182,25 @@ class Run:
         key = "_".join([prefix, *parts, args.algorithm, format_beta(beta), str(args.seed)])
         run = cls(key=key, script=prefix, config=config, args=args, beta=beta, root=Path(args.output_dir))
         run.check_writable()
+        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, key)
         return run
 
+    def finished_outputs(self):
+        """What a finished run of this key left: its pipeline folder and sample grids."""
+        key = glob.escape(self.key)
+        images = sorted(self.image_dir.glob(f"{key}.png")) + sorted(self.image_dir.glob(f"{key}_*.png"))
+        return [p for p in (self.checkpoint_dir, *images) if p.exists()]
+
     def check_writable(self):
-        if self.checkpoint_dir.exists() and not self.args.overwrite:
-            raise UsageError(f"{self.checkpoint_dir} holds a finished run; pass --overwrite to replace it "
+        finished = self.finished_outputs()
+        if finished and not self.args.overwrite:
+            raise UsageError(f"{finished[0]} holds a finished run; pass --overwrite to replace it "
                              f"or choose another --seed or --output_dir")
         probe = self.root
         while not probe.exists():
             probe = probe.parent
+        if not probe.is_dir():
+            raise UsageError(f"{probe} is a file, not a folder; choose another --output_dir")
         if not os.access(probe, os.W_OK):
             raise UsageError(f"cannot write to {probe}; choose a writable --output_dir")
 

@@ -8,6 +8,17 @@ from tqdm.auto import tqdm
 from models import build_sampler
 
 GRID_SAMPLES = 64   # an 8 x 8 grid, as in the paper's figures
+AUTO = "auto"       # a batch size found when sampling starts: the largest that fits
+# CPU: images per batch at 32 px, fewer at larger sizes (same pixels a batch): past this the cores
+# are busy and a bigger batch only costs memory (a 256 px UNet's feature map is 33 MB an image).
+CPU_EVAL_PIXELS = 256 * 32 * 32
+# CUDA: the first batch tried, and the largest considered: far past the point where the GPU is
+# saturated, and small enough that no activation tensor nears the 2**31 elements of 32-bit indexing.
+PROBE_START = 64
+MAX_EVAL_BATCH_SIZE = 4096
+# A batch is accepted when 1 / EVAL_MEMORY_MARGIN times as many images fit one UNet step: room for
+# the sampler's own tensors and for fragmentation.
+EVAL_MEMORY_MARGIN = 0.9
 
 
 @torch.inference_mode()
@@ -16,11 +27,15 @@ def generate(unet, noise_scheduler, *, sampler, num_inference_steps, num_samples
     """`num_samples` images in [0, 1] as a float32 CPU tensor [N, C, H, W].
 
     Initial noise and the DDPM step noise come from a CPU generator seeded by `seed`, so the same
-    seed gives the same images on any device (up to floating-point differences). `dtype` (e.g.
-    torch.float16 on CUDA) runs the UNet under autocast. `to_images` maps the final sample to pixel
-    space in [-1, 1] (a VAE decode for latent models); identity by default.
+    seed gives the same images on any device (up to floating-point differences). The noise is drawn
+    batch by batch, so the images also depend on `batch_size`; "auto" (`resolve_eval_batch_size`)
+    picks it from the free memory, so pass a number where samples must match across machines.
+    `dtype` (e.g. torch.float16 on CUDA) runs the UNet under autocast. `to_images` maps the final
+    sample to pixel space in [-1, 1] (a VAE decode for latent models); identity by default.
     """
     device = device or next(unet.parameters()).device
+    if batch_size == AUTO:
+        batch_size = resolve_eval_batch_size(AUTO, unet, num_samples=num_samples, dtype=dtype)
     scheduler = build_sampler(noise_scheduler, sampler)
     scheduler.set_timesteps(num_inference_steps)
     generator = torch.Generator().manual_seed(seed)
@@ -42,6 +57,75 @@ def generate(unet, noise_scheduler, *, sampler, num_inference_steps, num_samples
         out.append((x.float() / 2 + 0.5).clamp(0, 1).cpu())
     unet.train(was_training)
     return torch.cat(out)
+
+
+def largest_fitting(fits, limit, start=PROBE_START):
+    """The largest b in 1..limit with fits(b), where fits holds up to some size and fails beyond it.
+
+    Doubles from `start` until fits fails or `limit` is reached, then bisects between the last
+    success and the first failure: about 2 log2(b) calls. 0 when not even b = 1 fits.
+    """
+    good, b = 0, min(start, limit)
+    while fits(b):
+        good = b
+        if b == limit:
+            return b
+        b = min(2 * b, limit)
+    bad = b
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def is_out_of_memory(error):
+    # cuDNN and cuBLAS report a failed workspace allocation as a RuntimeError, not OutOfMemoryError.
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def unet_step_fits(unet, batch_size, dtype=None):
+    """Whether one UNet evaluation of `batch_size` images fits the memory of its CUDA device."""
+    device = next(unet.parameters()).device
+    size = unet.config.sample_size
+    shape = (batch_size, unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            unet(torch.randn(shape, device=device), 0).sample.float()
+        torch.cuda.synchronize(device)
+        fits = True
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        fits = False
+    # After the except clause the failed attempt's tensors are unreferenced; hand their memory back.
+    torch.cuda.empty_cache()
+    return fits
+
+
+def resolve_eval_batch_size(requested, unet, *, num_samples, dtype=None):
+    """The sampling batch size for `requested` (a number, or "auto"), at most `num_samples`.
+
+    "auto" on CUDA: the largest batch (up to MAX_EVAL_BATCH_SIZE) for which 1 / EVAL_MEMORY_MARGIN
+    times as many images fit one UNet step in `dtype`, found by doubling and bisection with the
+    memory free now. On CPU: CPU_EVAL_PIXELS worth of images. The probe runs the UNet alone, so a
+    heavier `to_images` (a VAE decode) should get a number instead.
+    """
+    if requested != AUTO:
+        return min(int(requested), num_samples)
+    unet_device = next(unet.parameters()).device
+    size = unet.config.sample_size
+    pixels = size * size if isinstance(size, int) else math.prod(size)
+    if unet_device.type != "cuda":
+        return max(1, min(CPU_EVAL_PIXELS // pixels, num_samples))
+    was_training = unet.training
+    unet.eval()
+    limit = min(num_samples, MAX_EVAL_BATCH_SIZE)
+    batch = largest_fitting(lambda b: unet_step_fits(unet, math.ceil(b / EVAL_MEMORY_MARGIN), dtype), limit)
+    unet.train(was_training)
+    if batch == 0:
+        raise torch.cuda.OutOfMemoryError(f"not even one image can be sampled on {unet_device}: "
+                                           f"free GPU memory or pass a number as --eval_batch_size")
+    return batch
 
 
 def save_grid(images, path, nrow=8):

@@ -4,17 +4,16 @@ Scripts differ only in the model they pass and in `to_model_input`, which turns 
 into (x0, cond, y): images and no conditioning for the pixel-space scripts; VAE latents and text
 embeddings for Stable Diffusion.
 """
-import math
-
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, skip_first_batches
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from losses import denoising_error, get_objective, pu_risks
-from utils.data import collate_batch
-from utils.errors import UsageError
+from utils.checkpointing import NonFiniteGuard, TrainingProgress, split_state, training_settings
+from utils.data import collate_batch, place_on_device
+from utils.errors import TrainingDiverged, UsageError
 
 
 def make_accelerator(mixed_precision=None, allow_tf32=True):
@@ -28,7 +27,10 @@ def make_accelerator(mixed_precision=None, allow_tf32=True):
         # TF32 matmuls and convolutions on Ampere and newer; older GPUs ignore the flag.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(mixed_precision=mixed_precision)
+    # cpu=True where there is no GPU: it is what makes accelerate see a torchrun launch of several
+    # CPU processes as MULTI_CPU (gloo) rather than as unrelated single-process runs.
+    cpu_only = not cuda and not torch.backends.mps.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_only)
 
 
 def images_to_model_input(batch):
@@ -41,9 +43,13 @@ def make_loader(dataset, batch_size, seed, num_workers=0):
     """Shuffled batches from a seeded generator; TensorPUDataset batches come from one gather."""
     generator = torch.Generator().manual_seed(seed)
     batched = hasattr(dataset, "__getitems__")
+    if batched and dataset.images.is_cuda:
+        num_workers = 0   # CUDA tensors cannot be shared with worker processes, nor pinned
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       collate_fn=collate_batch if batched else None, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available() and num_workers > 0)
+                      pin_memory=torch.cuda.is_available() and num_workers > 0,
+                      # Workers outlive the epoch: restarting them each epoch costs seconds per epoch.
+                      persistent_workers=num_workers > 0)
 
 
 class EpochStats:
@@ -58,38 +64,101 @@ class EpochStats:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
 
-    def means(self):
-        return {k: (v / max(self.count, 1)).item() for k, v in self.sums.items()}
+    def summed(self, accelerator):
+        """The sums averaged over processes, each of which adds up the batches of its own shard."""
+        if accelerator.num_processes == 1:
+            return self.sums
+        return {k: accelerator.reduce(v, "mean") for k, v in self.sums.items()}
+
+    def means(self, accelerator):
+        return {k: (v / max(self.count, 1)).item() for k, v in self.summed(accelerator).items()}
+
+    def state(self, accelerator):
+        """The sums as Python floats (exact for float32) for a training state."""
+        return dict(sums={k: v.item() for k, v in self.summed(accelerator).items()}, count=self.count)
+
+    @classmethod
+    def from_state(cls, state, device):
+        stats = cls()
+        if state:
+            stats.sums = {k: torch.tensor(v, device=device) for k, v in state["sums"].items()}
+            stats.count = state["count"]
+        return stats
+
+
+def stop_if_diverged(guard, checkpointing):
+    """Raise TrainingDiverged if the guard saw a non-finite step, naming the last good training state."""
+    message = guard.check()
+    if message is None:
+        return
+    saved = checkpointing.last_saved() if checkpointing is not None else None
+    kept = f"the last good training state is {saved}" if saved else "no training state was saved"
+    raise TrainingDiverged(f"{message}; {kept}; lower --learning_rate or check the data")
 
 
 def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, correction, config, seed,
           to_model_input=images_to_model_input, writer=None, channels_last=False, num_workers=0,
-          trainable_parameters=None):
+          trainable_parameters=None, checkpointing=None, split=None, data_on_device="auto",
+          compile_model=False):
     """Train `model` for config.num_epochs epochs on `dataset` with the `algorithm` objective.
 
     AdamW, a cosine schedule with config.lr_warmup_steps warmup steps over len(loader) * epochs
     steps, grad-norm clipping at config.max_grad_norm. Per epoch, `writer` (a TensorBoard
     SummaryWriter, main process only) receives the mean loss and, for PU, R_S and R_N.
+    `checkpointing` (utils.checkpointing.Checkpointing) saves training states and resumes from one;
+    `split` (the PU split) is saved with them, so a resume on other data fails loudly. A non-finite
+    loss or gradient norm raises TrainingDiverged. With several processes each trains on its own
+    shard of every epoch and computes the objective on its own batch; gradients are averaged.
     Returns the unwrapped model.
     """
     objective = get_objective(algorithm, beta, correction)
     params = list(trainable_parameters if trainable_parameters is not None else model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
                                   fused=accelerator.device.type == "cuda")
+    dataset = place_on_device(dataset, accelerator.device, data_on_device)
     loader = make_loader(dataset, config.batch_size, seed, num_workers)
+    shuffle = loader.generator   # its state at each epoch start is saved, so a resume replays the order
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if compile_model:
+        # Compiled last, as accelerate's own dynamo option does: training states keep saving the
+        # prepared module, and unwrap_model below returns the original, uncompiled one.
+        model = torch.compile(model)
     # Built after prepare so the step count is this process's share of the batches.
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.lr_warmup_steps,
                                                    len(loader) * config.num_epochs)
+    if accelerator.num_processes > 1:
+        # Every process was seeded alike; offsetting the seed gives each its own noise draws (t, eps),
+        # as one large batch would have. The weights stay in step: DDP broadcast process 0's at prepare.
+        torch.manual_seed(seed + accelerator.process_index)
+    # The schedule is not prepared (accelerate would step it once per process per step), so it is
+    # registered for save_state / load_state by hand, beside the loop's own progress.
+    progress = TrainingProgress(split_state(split))
+    accelerator.register_for_checkpointing(lr_scheduler, progress)
+    settings = dict(training_settings(config, correction), num_processes=accelerator.num_processes,
+                    mixed_precision=accelerator.mixed_precision)
+    if checkpointing is not None:
+        checkpointing.start(accelerator, progress, settings)
+    guard = NonFiniteGuard(accelerator, algorithm, len(loader))
+    if accelerator.is_main_process:
+        share = f" on each of {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+        print(f"training: {len(loader)} steps of {config.batch_size} images per epoch{share}")
 
-    step = 0
-    for epoch in range(config.num_epochs):
+    step = progress.step
+    for epoch in range(progress.epoch, config.num_epochs):
         model.train()
-        stats = EpochStats()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                   disable=not accelerator.is_local_main_process, leave=False)
+        if progress.batch > 0:
+            # Resuming mid-epoch: replay the epoch's shuffle and skip the batches already trained on.
+            shuffle.set_state(progress.shuffle_state)
+            stats = EpochStats.from_state(progress.stats, accelerator.device)
+            batches = skip_first_batches(loader, progress.batch)
+        else:
+            progress.epoch, progress.shuffle_state = epoch, shuffle.get_state()
+            stats = EpochStats()
+            batches = loader
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
+                   total=len(loader), disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
             x0, cond, y = to_model_input(batch)
             if channels_last:
@@ -99,19 +168,28 @@ def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, corr
                 L = denoising_error(model, noise_scheduler, x0, cond=cond)
                 loss = objective(L, y)
             accelerator.backward(loss)
+            grad_norm = None
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             r_s, r_n = pu_risks(L.detach(), y, beta)
             stats.add(loss=loss, R_S=r_s, R_N=r_n, n_sensitive=y.sum())
+            guard.observe(step, loss, r_s, r_n, grad_norm)
+            progress.step, progress.batch = step, progress.batch + 1
+            save = checkpointing is not None and checkpointing.due(step)
+            if save or guard.due(step):
+                stop_if_diverged(guard, checkpointing)   # before a save: a bad state is never written
+            if save:
+                progress.stats = stats.state(accelerator)
+                checkpointing.save(accelerator, progress, settings)
             if step % 10 == 0 or step == 1:
                 bar.set_postfix(loss=f"{loss.item():.4g}")
-        means = stats.means()
-        if not all(math.isfinite(v) for v in means.values()):
-            raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}: {means}")
+        stop_if_diverged(guard, checkpointing)
+        progress.batch = 0
+        means = stats.means(accelerator)
         if accelerator.is_main_process:
             print(f"epoch {epoch + 1}/{config.num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
             if writer is not None:
@@ -120,4 +198,6 @@ def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, corr
                         writer.add_scalar(f"train/{k}", v, epoch + 1)
                 writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], epoch + 1)
     accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(model)
+    # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
+    # no autocast patch on forward (a later prepare would stack a second one).
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)

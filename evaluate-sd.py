@@ -1,0 +1,65 @@
+"""Judge a main-sd.py checkpoint with CLIP: the share of samples that look like Brad Pitt, per prompt.
+
+    python evaluate-sd.py --checkpoint checkpoints/main_sd_PU_0.1_42 --num_samples 100
+
+Draws --num_samples images for each of "a photo of Brad Pitt" and "a photo of a middle aged man"
+(image i seeded with the run's seed + i, as main-sd.py does) and writes
+outputs/results/{key}.json with brad_pitt_share_brad_pitt_prompt and brad_pitt_share_man_prompt.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from configs import with_overrides
+from configs.sd import SD_CONFIG
+from models.pretrained import load_clip, load_stable_diffusion
+from utils.errors import UsageError, exits_on_usage_error
+from utils.run import RUN_CONFIG_FILE, positive_int
+from utils.sd_eval import results_record, sample_and_score, write_results
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoints/main_sd_* folder written by main-sd.py")
+    parser.add_argument("--num_samples", type=positive_int, default=SD_CONFIG.num_eval_samples,
+                        help="images per prompt (default: %(default)s)")
+    parser.add_argument("--num_inference_steps", type=positive_int,
+                        help="sampling steps (default: the run's; another count tags the key _steps{N})")
+    parser.add_argument("--clip_model", default=SD_CONFIG.clip_model, help="hub id or folder of the CLIP judge")
+    parser.add_argument("--output_dir", default=".", help="root that receives outputs/results/ (default: .)")
+    return parser.parse_args(argv)
+
+
+def read_run_config(checkpoint):
+    path = Path(checkpoint) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; --checkpoint must be a folder written by main-sd.py")
+    run_config = json.loads(path.read_text())
+    if run_config.get("script") != "main_sd":
+        raise UsageError(f"{checkpoint} was written by {run_config.get('script')}, not main-sd.py; "
+                         f"evaluate it with evaluate.py")
+    return run_config
+
+
+@exits_on_usage_error
+def main(args):
+    run_config = read_run_config(args.checkpoint)
+    trained = run_config["config"]
+    config = with_overrides(SD_CONFIG, resolution=trained["resolution"], guidance_scale=trained["guidance_scale"],
+                            num_inference_steps=args.num_inference_steps or trained["num_inference_steps"])
+    clip = load_clip(args.clip_model)
+    pipe = load_stable_diffusion(args.checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device, torch.float16 if device.type == "cuda" else torch.float32)
+
+    _, metrics, times = sample_and_score(pipe, config, run_config["seed"], args.num_samples, clip, device)
+    result = results_record(run_config, config, metrics, args.num_samples, args.clip_model, times,
+                            type(pipe.scheduler).__name__)
+    path = write_results(args.output_dir, result)
+    print(f"{result['key']}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()) + f"; saved {path}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,56 @@
+"""Fine-tune a pretrained DDPM with a PU objective (CIFAR10 and CelebA, DESIGN section 3).
+
+    python main-ft.py --config_name CIFAR10_vehicles --algorithm PU --beta 0.1 --seed 42
+
+Starts from the config's pretrained pipeline (google/ddpm-cifar10-32 or google/ddpm-celebahq-256;
+--pretrained_model takes another hub id or a local folder) and keeps its noise schedule. Training,
+saving (a DDIMPipeline in checkpoints/main_ft_{config}_{algorithm}_{beta}_{seed}/), the 8 x 8 grid
+and the evaluation are main.py's; samples are drawn with DDIM in 50 steps.
+"""
+import argparse
+from dataclasses import replace
+
+from diffusers import DDIMPipeline
+
+from configs import FINETUNE_CONFIGS, FINETUNE_SAMPLER, get_config, with_overrides
+from models.pretrained import load_pretrained_ddpm
+from utils.errors import UsageError, exits_on_usage_error
+from utils.experiment import run_pixel_experiment
+from utils.run import Run, add_eval_args, add_run_args
+
+IMAGE_CHANNELS = 3
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(parser, configs=FINETUNE_CONFIGS, default_config=FINETUNE_CONFIGS[0])
+    add_eval_args(parser)
+    parser.add_argument("--pretrained_model",
+                        help="hub id or saved DDPM pipeline folder (default: the config's, google/ddpm-cifar10-32 "
+                             "for CIFAR10 and google/ddpm-celebahq-256 for CelebA)")
+    return parser.parse_args(argv)
+
+
+def check_pretrained_unet(unet, config, source):
+    """The pretrained UNet must take the config's images: 3 channels at config.image_size."""
+    size = unet.config.sample_size
+    if unet.config.in_channels != IMAGE_CHANNELS or size not in (config.image_size, [config.image_size] * 2):
+        raise UsageError(f"{source} takes {unet.config.in_channels}-channel {size} px images but "
+                         f"{config.dataset} is {IMAGE_CHANNELS}-channel {config.image_size} px; "
+                         f"pass a --pretrained_model trained at that size")
+
+
+@exits_on_usage_error
+def main(args):
+    config = with_overrides(get_config(args.config_name), pretrained_model=args.pretrained_model,
+                            **FINETUNE_SAMPLER)
+    run = Run.from_args(args, prefix="main_ft", config=config)
+    unet, noise_scheduler = load_pretrained_ddpm(run.config.pretrained_model)
+    check_pretrained_unet(unet, run.config, run.config.pretrained_model)
+    # The run record states the schedule actually trained with: the pretrained model's.
+    run.config = replace(run.config, num_train_timesteps=noise_scheduler.config.num_train_timesteps)
+    run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,91 @@
+"""Generate main-sd.py's training images with Stable Diffusion v1-4, resumably.
+
+    python make-sd-data.py --output_dir datasets/middle_aged_man100
+
+Writes 64 "a photo of a middle-aged man" and 16 "a photo of Brad Pitt" images into 0_unlabeled/
+and 20 "a photo of Brad Pitt" images into 1_positive/ (counts: configs/sd.py, or --num_* below).
+Image i of each part comes from its own generator seeded with --seed + the part's offset + i, so a
+rerun keeps the files that exist and redraws a missing one as it was first drawn.
+"""
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from configs.sd import SD_CONFIG
+from models.pretrained import load_stable_diffusion
+from utils.errors import UsageError, exits_on_usage_error
+from utils.run import non_negative_int, positive_int, write_file_atomically
+from utils.sd import check_resolution
+
+DEFAULT_SEED = 0
+DEFAULT_BATCH_SIZE = 8
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained_model", default=SD_CONFIG.pretrained_model,
+                        help="hub id or pipeline folder (default: %(default)s)")
+    parser.add_argument("--output_dir", default=SD_CONFIG.data_dir,
+                        help="receives the two subfolders (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="base seed of the per-image generators (default: %(default)s)")
+    parser.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help="images per pipeline call (default: %(default)s)")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=SD_CONFIG.num_inference_steps,
+                        help="denoising steps per image (default: %(default)s)")
+    parser.add_argument("--resolution", type=positive_int,
+                        help="image size (default: the pipeline's own, 512 for v1-4)")
+    for part in SD_CONFIG.data_parts:
+        parser.add_argument(f"--num_{part.name}", type=non_negative_int, default=part.count,
+                            help=f"'{part.prompt}' images in {part.folder}/ (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def pending_images(root, parts, seed):
+    """(path, prompt, seed) of every image of `parts` not yet under `root`, and the total count."""
+    jobs, total = [], 0
+    for part in parts:
+        for i in range(part.count):
+            path = root / part.folder / f"{part.stem}_{i:04d}.png"
+            total += 1
+            if not path.exists():
+                jobs.append((path, part.prompt, seed + part.seed_offset + i))
+    return jobs, total
+
+
+@exits_on_usage_error
+def main(args):
+    root = Path(args.output_dir)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--output_dir {root} is a file; pass a folder")
+    parts = [replace(p, count=getattr(args, f"num_{p.name}")) for p in SD_CONFIG.data_parts]
+    jobs, total = pending_images(root, parts, args.seed)
+    print(f"{root}: {total - len(jobs)} of {total} images present, {len(jobs)} to generate")
+    if not jobs:
+        return
+    pipe = load_stable_diffusion(args.pretrained_model)
+    if args.resolution:
+        check_resolution(pipe, args.resolution)
+    cuda = torch.cuda.is_available()
+    pipe.to("cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    for folder in {p.folder for p in parts}:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(jobs), desc="generating") as bar:
+        for start in range(0, len(jobs), args.batch_size):
+            batch = jobs[start:start + args.batch_size]
+            images = pipe([prompt for _, prompt, _ in batch], height=args.resolution, width=args.resolution,
+                          generator=[torch.Generator().manual_seed(s) for _, _, s in batch],
+                          num_inference_steps=args.num_inference_steps,
+                          guidance_scale=SD_CONFIG.guidance_scale).images
+            for (path, _, _), image in zip(batch, images):
+                write_file_atomically(path, image.save)
+            bar.update(len(batch))
+    print(f"wrote {len(jobs)} images to {root}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,98 @@
+"""Loading pretrained models from a hub id or a local folder, with errors that say what is missing.
+
+main-ft.py starts from a DDPM pipeline (UNet2DModel + its noise schedule), main-sd.py and
+make-sd-data.py from a Stable Diffusion pipeline, the SD evaluation from a CLIP model. A local
+folder is checked for the parts we need before anything loads; a hub id that cannot be fetched
+(no network, no cache) becomes a UsageError naming the source, so scripts fail before they write.
+"""
+from pathlib import Path
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from utils.errors import UsageError
+
+# diffusers finds a pipeline part in its subfolder or, for older repos such as google/ddpm-*, at the root.
+CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                "scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json"}
+DDPM_PARTS = ("unet", "scheduler")
+SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PIPELINE_INDEX = "model_index.json"
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_source(source, what, parts=(), index=None):
+    """Return `source` if it is an existing folder holding `parts` (or a plausible hub id).
+
+    Raises UsageError for a missing folder, a folder without one of `parts` (each looked for in
+    its subfolder and at the root) or without the `index` file.
+    """
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if index and not (folder / index).is_file():
+            raise UsageError(f"{folder} has no {index}; {what} must be a folder written by save_pretrained")
+        for part in parts:
+            name = CONFIG_FILES[part]
+            if not ((folder / part / name).is_file() or (folder / name).is_file()):
+                raise UsageError(f"{folder} has no {part} ({part}/{name}); {what} must be a saved diffusers "
+                                 f"pipeline with {', '.join(p + '/' for p in parts)}")
+        return str(folder)
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise UsageError(f"{what} {source!r} is neither a folder nor a hub id; pass an existing folder "
+                         f"or an id such as org/name")
+    return source
+
+
+def _load(what, source, load):
+    try:
+        return load()
+    except (OSError, ValueError) as e:   # what transformers and diffusers raise for missing or bad files
+        raise UsageError(f"could not load {what} {source!r} ({_first_line(e)}); pass a local folder "
+                         f"or run once with network access so the hub copy is cached")
+
+
+def training_noise_scheduler(scheduler, source):
+    """A DDPMScheduler on `scheduler`'s own schedule (betas, T, clipping): the class whose add_noise
+    the training loop uses. The loss regresses the added noise, so only epsilon-prediction models fit."""
+    from diffusers import DDPMScheduler
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise UsageError(f"{source} predicts {prediction!r}, but the PU losses need a model that predicts the "
+                         f"noise (prediction_type 'epsilon'), such as CompVis/stable-diffusion-v1-4")
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+def load_pretrained_ddpm(source):
+    """(UNet2DModel, DDPMScheduler) from a DDPM pipeline, the scheduler keeping the pretrained schedule."""
+    from diffusers import DiffusionPipeline, UNet2DModel
+    source = check_source(source, "--pretrained_model", DDPM_PARTS, PIPELINE_INDEX)
+    pipe = _load("the pretrained pipeline", source, lambda: DiffusionPipeline.from_pretrained(source))
+    unet = getattr(pipe, "unet", None)
+    scheduler = getattr(pipe, "scheduler", None)
+    if not isinstance(unet, UNet2DModel) or scheduler is None:
+        raise UsageError(f"{source} is a {type(pipe).__name__} without a UNet2DModel and a scheduler; "
+                         f"--pretrained_model must be a DDPM pipeline such as google/ddpm-cifar10-32")
+    return unet, training_noise_scheduler(scheduler, source)
+
+
+def load_stable_diffusion(source):
+    """A StableDiffusionPipeline in fp32 on the CPU, without the safety checker (never trained or saved)."""
+    from diffusers import StableDiffusionPipeline
+    source = check_source(source, "--pretrained_model", SD_PARTS, PIPELINE_INDEX)
+    return _load("the Stable Diffusion pipeline", source,
+                 lambda: StableDiffusionPipeline.from_pretrained(source, safety_checker=None,
+                                                                 requires_safety_checker=False))
+
+
+def load_clip(source):
+    """(CLIPModel, CLIPProcessor) in eval mode on the CPU, for zero-shot scoring."""
+    from transformers import CLIPModel, CLIPProcessor
+    source = check_source(source, "--clip_model")
+    model = _load("the CLIP model", source, lambda: CLIPModel.from_pretrained(source))
+    processor = _load("the CLIP processor", source, lambda: CLIPProcessor.from_pretrained(source))
+    return model.eval().requires_grad_(False), processor

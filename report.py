@@ -1,0 +1,51 @@
+"""Turn evaluation results into the paper's tables: Markdown on stdout, CSV and a PNG plot beside them.
+
+    python report.py outputs/results > table.md
+
+Reads every RESULTS_DIR/*.json (evaluate.py, main.py and evaluate-sd.py write them) and prints one
+table per metric: rows are algorithms (with beta where an algorithm ran with several), columns are
+configs, cells are the mean +- sample standard deviation over seeds with the count, e.g.
+`0.912 ± 0.004 (n=3)`; "—" marks a cell with no result. The rate table's headers carry the
+sensitivity classifier's held-out accuracy. The FID table uses `fid`; a column where some run has
+no FID (Inception weights unavailable) shows `fd_classifier` instead and says so in its header.
+Writes RESULTS_DIR/report.csv (one line per cell) and RESULTS_DIR/report.png (the non-sensitive
+rate and FID per algorithm, and the rate against beta when several betas are present).
+
+Result JSON schema (fields report.py reads; others are kept for the record):
+    {"key": str, "script": "main" | "main_ft" | "main_sd" | ...,   # one file per evaluated run
+     "config_name": str, "algorithm": str, "beta": float, "seed": int,
+     "sampler": str, "num_inference_steps": int,                   # optional
+     "metrics": {name: float | null, ...}}
+Known metric names: non_sensitive_rate, classifier_accuracy (shown in the rate table's header),
+fid, fd_classifier. Any other name (e.g. evaluate-sd.py's brad_pitt_share_brad_pitt_prompt) gets a
+table of its own, so a new script needs no change here. Columns are config_name, tagged with the
+script unless it is main.py; rows gain the sampler and steps where one cell would mix several.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from utils.errors import exits_on_usage_error
+from utils.report import build_tables, csv_text, load_results, markdown, plot
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir", nargs="?", default="outputs/results",
+                        help="folder of result JSON files (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+@exits_on_usage_error
+def main(args):
+    results = load_results(args.results_dir)
+    tables, rows = build_tables(results)
+    print(markdown(tables, rows))
+    csv_path, png_path = Path(args.results_dir) / "report.csv", Path(args.results_dir) / "report.png"
+    csv_path.write_text(csv_text(tables, rows))
+    plot(tables, rows, results, png_path)
+    print(f"{len(results)} results; wrote {csv_path} and {png_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,73 @@
+"""Shared test fixtures: tiny on-disk datasets, configs sized to them, a tiny UNet, and no network.
+
+The datasets are written once per session (tests/fixtures.py) in torchvision's own formats;
+each `tiny` config is a registry config with the counts shrunk to fit them, so the loaders,
+transforms and split run exactly as in a real run.
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from configs import Config, get_config, with_overrides  # noqa: E402
+
+from fixtures import DEAD_PROXY, PROXY_VARIABLES, TINY_UNET, WRITERS  # noqa: E402
+
+# Images per class written for each dataset (CelebA's two classes are the values of "Male").
+PER_CLASS = {"MNIST": 12, "CIFAR10": 12, "STL10": 12, "CelebA": 36}
+TEST_PER_CLASS = {"MNIST": 5, "CIFAR10": 5, "STL10": 5, "CelebA": 12}
+# The paper's 10 : 1 : 1 proportions at a size every tiny dataset holds.
+TINY_COUNTS = dict(n_u_normal=30, n_u_sensitive=3, n_s=3, n_test=10)
+# One registry config per torchvision dataset; the normal classes and transforms are the paper's.
+TINY_CONFIG_NAMES = ("MNIST_even", "CIFAR10_vehicles", "STL10_animals", "CelebA_male")
+
+
+@dataclass
+class TinyData:
+    """A tiny dataset on disk and the config that reads it."""
+
+    name: str                   # the registry config it shrinks
+    config: Config
+    root: Path                  # the --data_dir holding it
+    train_labels: np.ndarray    # class ids in file order (CelebA: the Male attribute)
+    test_labels: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """One folder holding all four tiny datasets; returns (root, {dataset: (train_labels, test_labels)})."""
+    root = tmp_path_factory.mktemp("datasets")
+    labels = {name: write(root, PER_CLASS[name], TEST_PER_CLASS[name], seed=i)
+              for i, (name, write) in enumerate(WRITERS.items())}
+    return root, labels
+
+
+@pytest.fixture(scope="session", params=TINY_CONFIG_NAMES)
+def tiny(request, data_root):
+    """Each torchvision dataset in turn, with its registry config shrunk to the tiny data."""
+    root, labels = data_root
+    config = with_overrides(get_config(request.param), **TINY_COUNTS)
+    return TinyData(request.param, config, root, *labels[config.dataset])
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network for this test, whatever the machine has: downloads go to a refused proxy."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, DEAD_PROXY)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+@pytest.fixture
+def tiny_unet():
+    """A seeded 8 px UNet2DModel with both plain and attention blocks."""
+    from diffusers import UNet2DModel
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET).eval()

@@ -1,0 +1,290 @@
+"""Evaluation: the sensitivity classifier, the non-sensitive rate, Frechet distances, evaluate.py.
+
+The digits classifier is trained once for the module (the real recipe, ~10-20 s on one core) and
+its cache file is copied into the end-to-end run's output folder, which also shows the cache is
+reused. The end-to-end test trains a checkpoint with `python main.py` and evaluates it with
+`python evaluate.py`, both offline, in subprocesses.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from torch import nn
+
+from fixtures import offline_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import evaluate  # noqa: E402
+from configs import get_config, with_overrides  # noqa: E402
+from utils.classifier import (CLASSIFIER_SEED, Recipe, SensitivityClassifier, accuracy, build_classifier,  # noqa: E402
+                              cache_path, labeled_split, load_or_train_classifier, predict_normal,
+                              train_classifier)
+from utils.evaluation import config_from_record, result_key  # noqa: E402
+from utils.metrics import (ClassifierFeatures, frechet_distances, frechet_metric,  # noqa: E402
+                           inception_metric_or_reason, non_sensitive_rate)
+from utils.report import build_tables, load_results  # noqa: E402
+
+DIGITS = "Digits_even"
+KEY = "main_Digits_even_PU_0.1_42"
+USAGE_EXIT = 2
+# A smaller split than the config's keeps main.py to a few batches; evaluate.py must take the recorded
+# n_test (the FID reference size) from the checkpoint rather than the registry's 145.
+TINY_N_TEST = 40
+TINY_COUNTS = ["--n_u_normal", "100", "--n_u_sensitive", "10", "--n_s", "10", "--n_test", str(TINY_N_TEST)]
+CPU = torch.device("cpu")
+
+
+def run_script(script, *args, torch_home):
+    """`python script args` offline, with an empty torch hub cache so no Inception weights are found."""
+    env = offline_env(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_HOME=str(torch_home)))
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    """The cached Digits_even classifier, trained with its real recipe: (model, meta, output dir)."""
+    out = tmp_path_factory.mktemp("classifier")
+    model, meta = load_or_train_classifier(DIGITS, get_config(DIGITS), "datasets", out, CPU)
+    return model, meta, out
+
+
+# --- the classifier -------------------------------------------------------------------------------
+
+def test_classifier_beats_chance_clearly_on_digits_in_two_epochs():
+    config = get_config(DIGITS)
+    torch.manual_seed(0)
+    model, init = build_classifier(config, "cnn", "scratch")
+    train_classifier(model, labeled_split(config, "datasets", train=True),
+                     Recipe("cnn", epochs=2, batch_size=32, learning_rate=2e-3, flip=False), CPU)
+    test = labeled_split(config, "datasets", train=False)
+    majority = max(test.labels.mean(), 1 - test.labels.mean())
+    assert init == "scratch"
+    assert majority < 0.55                      # the split is balanced, so chance is about 0.5
+    assert accuracy(model, test, CPU) > 0.85
+
+
+def test_classifier_is_cached_with_its_accuracy_and_reused(digits_classifier, capsys):
+    model, meta, out = digits_classifier
+    config = get_config(DIGITS)
+    path = cache_path(out, DIGITS, config, "cnn", "scratch", CLASSIFIER_SEED)
+    assert Path(meta["path"]) == path and path.is_file()
+    assert meta["test_accuracy"] > 0.95 and meta["n_test"] == 297   # the whole test split, both classes
+    mtime = path.stat().st_mtime_ns
+    again, meta_again = load_or_train_classifier(DIGITS, config, "datasets", out, CPU)
+    assert "training" not in capsys.readouterr().err and path.stat().st_mtime_ns == mtime
+    assert meta_again["test_accuracy"] == meta["test_accuracy"]
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(model(x), again(x))
+
+
+def test_cache_name_holds_what_determines_the_classifier(tmp_path):
+    config = get_config(DIGITS)
+    base = cache_path(tmp_path, DIGITS, config, "cnn", "scratch", 0)
+    others = [cache_path(tmp_path, "Digits_odd", config, "cnn", "scratch", 0),
+              cache_path(tmp_path, DIGITS, replace(config, classifier_size=8), "cnn", "scratch", 0),
+              cache_path(tmp_path, DIGITS, config, "cnn", "scratch", 1),
+              cache_path(tmp_path, DIGITS, config, "resnet18", "imagenet", 0)]
+    assert len({base, *others}) == 5
+    assert base.parent == tmp_path / "checkpoints" / "classifiers"
+
+
+def test_resnet_classifier_offline_trains_from_scratch_says_so_and_caches(data_root, tmp_path, offline, capsys,
+                                                                         monkeypatch):
+    root, _ = data_root
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))     # no cached ImageNet weights either
+    # The tiny CIFAR10 at 32 px instead of 224 keeps the ResNet-18 to seconds on a CPU.
+    config = with_overrides(get_config("CIFAR10_vehicles"), classifier_size=32)
+    model, meta = load_or_train_classifier("CIFAR10_vehicles", config, root, tmp_path, CPU)
+    printed = capsys.readouterr().out
+    assert "could not be downloaded" in printed and "from scratch" in printed
+    assert meta["init"] == "scratch" and meta["recipe"]["arch"] == "resnet18" and meta["recipe"]["flip"]
+    assert Path(meta["path"]).name == "CIFAR10_vehicles_resnet18-scratch_32px_seed0.pt"
+    assert 0.0 <= meta["test_accuracy"] <= 1.0 and meta["n_test"] == 50
+    _, cached = load_or_train_classifier("CIFAR10_vehicles", config, root, tmp_path, CPU)
+    assert cached["path"] == meta["path"] and "could not be downloaded" not in capsys.readouterr().out
+
+
+def test_missing_classifier_weights_file_is_a_usage_error(tmp_path):
+    from utils.errors import UsageError
+    with pytest.raises(UsageError, match="--classifier_weights"):
+        load_or_train_classifier("CIFAR10_vehicles", get_config("CIFAR10_vehicles"), tmp_path, tmp_path, CPU,
+                                 weights_path=tmp_path / "missing.pth")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# --- the non-sensitive rate ------------------------------------------------------------------------
+
+def brightness_classifier():
+    """Calls an image normal exactly when its mean brightness is above 0.5."""
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = SensitivityClassifier(backbone, 3, input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with torch.no_grad():
+        model.head.weight.fill_(1.0)
+        model.head.bias.zero_()
+    return model.eval()
+
+
+def test_rate_is_exact_for_a_hand_made_classifier():
+    images = torch.cat([torch.full((7, 3, 12, 12), 0.8), torch.full((3, 3, 12, 12), 0.2)])
+    is_normal = predict_normal(brightness_classifier(), images[torch.randperm(10)], CPU, batch_size=4)
+    assert is_normal.dtype == torch.bool and is_normal.shape == (10,)
+    assert non_sensitive_rate(is_normal) == pytest.approx(0.7)
+    assert non_sensitive_rate(predict_normal(brightness_classifier(), images[7:], CPU)) == 0.0
+
+
+def test_rate_on_real_digits_of_known_classes_is_their_normal_share(digits_classifier):
+    model, _, _ = digits_classifier
+    test = labeled_split(get_config(DIGITS), "datasets", train=False)
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    normal, sensitive = np.flatnonzero(test.labels == 1), np.flatnonzero(test.labels == 0)
+    for n_normal, n_sensitive in [(60, 20), (30, 60), (100, 0), (0, 100)]:
+        chosen = np.concatenate([normal[:n_normal], sensitive[:n_sensitive]])
+        rate = non_sensitive_rate(predict_normal(model, images[chosen], CPU))
+        assert rate == pytest.approx(n_normal / len(chosen), abs=0.05)
+
+
+def test_rate_of_no_samples_is_an_error():
+    with pytest.raises(ValueError):
+        non_sensitive_rate(torch.zeros(0, dtype=torch.bool))
+
+
+# --- Frechet distances -----------------------------------------------------------------------------
+
+class PooledProjection(nn.Module):
+    """A small fixed feature extractor: 4x4 average pooling, then a seeded linear map to 6 values."""
+
+    num_features = 6
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 4 * 4, self.num_features)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(self.proj.weight.shape, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x):
+        return self.proj(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def direct_frechet(a, b):
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) with scipy, in float64."""
+    a, b = a.double().numpy(), b.double().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
+
+
+def test_frechet_distance_with_an_injected_extractor_matches_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    generated = torch.rand(120, 3, 16, 16, generator=g)
+    reference = (torch.rand(90, 3, 16, 16, generator=g) * 0.6 + 0.3) ** 2
+    extractor = PooledProjection().eval()
+    with torch.no_grad():
+        expected = direct_frechet(extractor(generated), extractor(reference))
+    reference_batches = (reference[i:i + 32] for i in range(0, 90, 32))   # a loader-like iterable
+    got = frechet_distances(generated, reference_batches, {"fd": frechet_metric(extractor)}, batch_size=50)["fd"]
+    assert expected > 0.1
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_classifier_features_work(digits_classifier):
+    model, _, _ = digits_classifier
+    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    metrics = {"fd": frechet_metric(PooledProjection()), "fd_classifier": frechet_metric(ClassifierFeatures(model))}
+    distances = frechet_distances(images, images, metrics)
+    assert distances["fd"] == pytest.approx(0.0, abs=1e-3)
+    assert distances["fd_classifier"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_fid_is_null_with_the_reason_when_inception_weights_are_unusable(tmp_path):
+    bogus = tmp_path / "inception.pth"
+    bogus.write_bytes(b"not a state dict")
+    metric, reason = inception_metric_or_reason(bogus)
+    assert metric is None and str(bogus) in reason
+
+
+# --- checkpoints and evaluate.py -------------------------------------------------------------------
+
+def test_config_survives_the_json_round_trip_of_run_config():
+    for name in ("MNIST_even", DIGITS, "CelebA_female"):
+        config = get_config(name)
+        assert config_from_record(json.loads(json.dumps({"config": config.to_dict()}))) == config
+
+
+def test_result_key_is_tagged_only_when_steps_differ_from_the_config():
+    config = get_config(DIGITS)
+    assert result_key(KEY, config, config.num_inference_steps) == KEY
+    assert result_key(KEY, config, 7) == f"{KEY}_steps7"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, digits_classifier):
+    """A 1-epoch digits checkpoint from `python main.py`, with the cached classifier beside it."""
+    out = tmp_path_factory.mktemp("run")
+    proc = run_script("main.py", "--config_name", DIGITS, "--num_epochs", "1", "--num_inference_steps", "2",
+                      *TINY_COUNTS, "--num_eval_samples", "0", "--output_dir", out, torch_home=out / "torch_home")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "outputs" / "results").exists()          # --num_eval_samples 0 skips the evaluation
+    _, meta, _ = digits_classifier
+    target = out / "checkpoints" / "classifiers" / Path(meta["path"]).name
+    target.parent.mkdir(parents=True)
+    shutil.copy(meta["path"], target)
+    return out
+
+
+def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, digits_classifier):
+    out = tiny_checkpoint
+    _, meta, _ = digits_classifier
+    proc = run_script("evaluate.py", out / "checkpoints" / KEY, "--num_samples", "16", "--num_inference_steps", "2",
+                      "--eval_batch_size", "8", torch_home=out / "torch_home")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training the sensitivity classifier" not in proc.stderr     # the cached one was used
+    result = json.loads((out / "outputs" / "results" / f"{KEY}.json").read_text())
+    assert {k: result[k] for k in ("key", "script", "config_name", "algorithm", "beta", "seed", "sampler",
+                                   "num_inference_steps", "num_samples", "eval_batch_size")} == dict(
+        key=KEY, script="main", config_name=DIGITS, algorithm="PU", beta=0.1, seed=42, sampler="ddim",
+        num_inference_steps=2, num_samples=16, eval_batch_size=8)
+    m = result["metrics"]
+    assert 0.0 <= m["non_sensitive_rate"] <= 1.0 and m["non_sensitive_rate"] * 16 == round(m["non_sensitive_rate"] * 16)
+    assert m["classifier_accuracy"] == meta["test_accuracy"]
+    assert m["fid"] is None and "Inception" in result["fid_error"]           # offline
+    assert np.isfinite(m["fd_classifier"]) and m["fd_classifier"] >= 0
+    assert result["n_reference"] == TINY_N_TEST
+    assert set(result["times"]) >= {"classifier_s", "sampling_s", "metrics_s", "total_s"}
+    assert {"torch", "diffusers", "torchmetrics"} <= set(result["versions"])
+    tables, rows = build_tables(load_results(out / "outputs" / "results"))   # report.py reads it
+    assert list(rows.values()) == ["PU"] and tables[0][3][("PU", 0.1, ""), DIGITS][2] == 1
+
+
+@pytest.mark.parametrize("case", ["empty folder", "missing folder", "stable diffusion run"])
+def test_evaluate_refuses_what_is_not_a_pixel_checkpoint(tmp_path, case, capsys):
+    folder = tmp_path / "ckpt"
+    if case != "missing folder":
+        folder.mkdir()
+    if case == "stable diffusion run":
+        (folder / "model_index.json").write_text("{}")
+        (folder / "run_config.json").write_text(json.dumps(dict(script="main_sd", args=dict(config_name="x"),
+                                                                config={})))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(evaluate.parse_args([str(folder), "--output_dir", str(tmp_path / "out")]))
+    assert exit_info.value.code == USAGE_EXIT
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_missing_classifier_weights_file(tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(evaluate.parse_args([str(tiny_checkpoint / "checkpoints" / KEY), "--output_dir",
+                                           str(tmp_path / "out"), "--classifier_weights", str(tmp_path / "no.pth")]))
+    assert exit_info.value.code == USAGE_EXIT and not (tmp_path / "out").exists()

@@ -1,0 +1,113 @@
+"""main-ft.py: fine-tuning a pretrained DDPM pipeline on tiny CIFAR10-format data, and its input checks.
+
+The "pretrained" model is a tiny DDPMPipeline saved by tests/tiny_models.py with
+google/ddpm-cifar10-32's layout and schedule; the data is written by tests/fixtures.py in
+torchvision's CIFAR10 format, and the PU counts are shrunk to it with --n_u_normal and friends.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from fixtures import write_cifar10
+from tiny_models import load_script, save_tiny_ddpm
+
+CONFIG = "CIFAR10_vehicles"        # normal: classes 0, 1, 8, 9
+COUNTS = ["--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2", "--n_test", "4"]
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    write_cifar10(root, per_class=3, test_per_class=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    return save_tiny_ddpm(tmp_path_factory.mktemp("pretrained") / "ddpm", sample_size=IMAGE_SIZE)
+
+
+def run_main_ft(argv):
+    script = load_script("main-ft.py")
+    script.main(script.parse_args(argv))
+
+
+def test_main_ft_finetunes_and_saves_a_ddim_pipeline(tmp_path, cifar, pretrained, capsys):
+    from diffusers import DDIMPipeline, DDIMScheduler
+    out = tmp_path / "out"
+    run_main_ft(["--config_name", CONFIG, "--algorithm", "PU", "--pretrained_model", str(pretrained),
+                 "--data_dir", str(cifar), "--output_dir", str(out), *COUNTS, "--num_epochs", "1",
+                 "--batch_size", "4", "--num_inference_steps", "2", "--num_eval_samples", "0"])
+    assert "epoch 1/1 " in capsys.readouterr().out
+    key = f"main_ft_{CONFIG}_PU_0.1_42"
+    ckpt = out / "checkpoints" / key
+
+    before = load_file(pretrained / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(ckpt / "unet" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    assert not all(torch.equal(before[k], after[k]) for k in before)    # the UNet trained
+
+    pipe = DDIMPipeline.from_pretrained(ckpt)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    pretrained_schedule = json.loads((pretrained / "scheduler" / "scheduler_config.json").read_text())
+    for name in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "clip_sample"):
+        assert pipe.scheduler.config[name] == pretrained_schedule[name], name
+    sample = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert sample.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and np.isfinite(sample).all()
+
+    record = json.loads((ckpt / "run_config.json").read_text())
+    assert record["script"] == "main_ft" and record["config"]["pretrained_model"] == str(pretrained)
+    assert (record["config"]["sampler"], record["config"]["num_inference_steps"]) == ("ddim", 2)
+    assert record["split"] == dict(n_u_normal=8, n_u_sensitive=1, n_s=2, n_test=4)
+    with Image.open(out / "outputs" / "images" / f"{key}.png") as grid:
+        assert grid.size == (8 * IMAGE_SIZE + 9 * 2,) * 2     # 8 x 8 with torchvision's 2 px padding
+
+
+def test_fine_tuning_samples_with_ddim_in_50_steps_by_default():
+    from configs import FINETUNE_SAMPLER
+    script = load_script("main-ft.py")
+    args = script.parse_args(["--config_name", "CelebA_female"])
+    assert args.pretrained_model is None and FINETUNE_SAMPLER == dict(sampler="ddim", num_inference_steps=50)
+
+
+def test_unsupported_config_lists_the_supported_ones(capsys):
+    script = load_script("main-ft.py")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--config_name", "MNIST_even"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in ("CIFAR10_vehicles", "CIFAR10_animals", "CelebA_male", "CelebA_female"))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("no_scheduler", "has no scheduler"),
+    ("wrong_size", "takes 3-channel 16 px images"),
+    ("v_prediction", "predicts 'v_prediction'"),
+    ("/no/such/folder", "neither a folder nor a hub id"),
+    ("pudm-tests/no-such-model", "could not load the pretrained pipeline"),
+])
+def test_bad_pretrained_model_exits_2_and_writes_nothing(tmp_path, cifar, pretrained, source, message, capsys,
+                                                         offline):
+    if source == "no_scheduler":
+        source = shutil.copytree(pretrained, tmp_path / "broken")
+        shutil.rmtree(source / "scheduler")
+    elif source == "wrong_size":
+        source = save_tiny_ddpm(tmp_path / "small", sample_size=16)
+    elif source == "v_prediction":
+        source = shutil.copytree(pretrained, tmp_path / "v")
+        schedule = source / "scheduler" / "scheduler_config.json"
+        schedule.write_text(json.dumps(dict(json.loads(schedule.read_text()), prediction_type="v_prediction")))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main_ft(["--config_name", CONFIG, "--pretrained_model", str(source), "--data_dir", str(cifar),
+                     "--output_dir", str(out), *COUNTS, "--num_eval_samples", "0"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

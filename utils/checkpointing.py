@@ -1,0 +1,245 @@
+"""Surviving long runs: training-state checkpoints, resume, and the non-finite-loss guard.
+
+A training state is everything the loop needs to continue as if it had never stopped: model,
+optimizer, LR schedule, grad scaler and RNG states (accelerate's `save_state`), plus a
+`TrainingProgress` (step, epoch, batches done in the epoch, the loader's shuffle-generator state at
+the start of the epoch, the epoch's running sums and the PU split). States live under
+`checkpoints/{key}.state/checkpoint-{step}/`, beside (never inside) the finished pipeline
+`checkpoints/{key}/`. Each is written to a hidden folder and renamed, so a folder named
+checkpoint-{step} is always complete, and a `training_state.json` in it says which run and settings
+made it. On CPU a resumed run ends with the same weights, bit for bit, as one never stopped.
+"""
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from utils.errors import UsageError
+
+STATE_SUFFIX = ".state"                     # checkpoints/{key}.state holds the run's training states
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+TRAINING_STATE_FILE = "training_state.json"
+LATEST = "latest"
+# Config fields that only change sampling or evaluation; every other field must match to resume.
+SAMPLING_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size")
+# On a GPU, reading the guard's flag every step would stall the launch queue once a step; it is
+# read every this many steps (and before every save and at every epoch end) instead. The message
+# still names the first bad step, recorded on the device.
+DEVICE_CHECK_INTERVAL = 10
+
+
+def state_dir_for(checkpoint_dir):
+    """checkpoints/{key}.state: the training states of the run whose pipeline goes to checkpoint_dir."""
+    checkpoint_dir = Path(checkpoint_dir)
+    return checkpoint_dir.with_name(checkpoint_dir.name + STATE_SUFFIX)
+
+
+def list_checkpoints(state_dir):
+    """The complete training states under `state_dir`, oldest (lowest step) first."""
+    state_dir = Path(state_dir)
+    if not state_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in state_dir.iterdir()
+             if (m := CHECKPOINT_NAME.match(p.name)) and (p / TRAINING_STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def read_training_state(path):
+    return json.loads((Path(path) / TRAINING_STATE_FILE).read_text())
+
+
+def resolve_resume(value, state_dir, key):
+    """The checkpoint folder that --resume_from_checkpoint `value` names, or None to start afresh.
+
+    `latest` is the newest state of this run (None, with a note, when there is none yet, so a job
+    script can always pass it); a path must be a training state that this run's key made.
+    """
+    if value is None:
+        return None
+    if value == LATEST:
+        states = list_checkpoints(state_dir)
+        if not states:
+            print(f"note: no training state under {state_dir} yet; starting from scratch")
+            return None
+        return states[-1]
+    path = Path(value)
+    if not path.is_dir():
+        raise UsageError(f"--resume_from_checkpoint {value} does not exist; give a checkpoint-STEP folder "
+                         f"under {state_dir} or 'latest'")
+    if not (path / TRAINING_STATE_FILE).is_file():
+        raise UsageError(f"{value} is not a training state (no {TRAINING_STATE_FILE}); give a checkpoint-STEP "
+                         f"folder under {state_dir}, not a finished pipeline")
+    saved = read_training_state(path).get("key")
+    if saved != key:
+        raise UsageError(f"{value} is a training state of run {saved}, not of {key}; resume with the "
+                         f"arguments that made it")
+    return path
+
+
+def training_settings(config, correction):
+    """What must not change between a run and its resume: the config's training fields and the correction."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in SAMPLING_FIELDS}
+    return json.loads(json.dumps(dict(settings, pu_correction=correction)))
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often one run saves training states, and which one (if any) it resumes from."""
+
+    state_dir: Path
+    key: str
+    every: int = None            # --checkpointing_steps; None saves nothing
+    total_limit: int = None      # --checkpoints_total_limit; None keeps every state
+    resume: Path = None          # the state to load before training, None for a fresh start
+    fresh: bool = False          # --overwrite without a resume: the old run's states go first
+
+    @classmethod
+    def from_args(cls, args, checkpoint_dir, key):
+        """Resolve the checkpointing arguments; UsageError (before anything is written) when they conflict."""
+        state_dir = state_dir_for(checkpoint_dir)
+        resume = resolve_resume(getattr(args, "resume_from_checkpoint", None), state_dir, key)
+        overwrite = getattr(args, "overwrite", False)
+        if resume is None and list_checkpoints(state_dir) and not overwrite:
+            raise UsageError(f"{state_dir} holds training states of an unfinished run; pass "
+                             f"--resume_from_checkpoint latest to continue it or --overwrite to start over")
+        return cls(state_dir=state_dir, key=key, every=getattr(args, "checkpointing_steps", None),
+                   total_limit=getattr(args, "checkpoints_total_limit", None), resume=resume,
+                   fresh=overwrite and resume is None)
+
+    def due(self, step):
+        return self.every is not None and step % self.every == 0
+
+    def start(self, accelerator, progress, settings):
+        """Clear what --overwrite replaces and half-written saves, then load the state to resume from."""
+        if accelerator.is_main_process:
+            if self.fresh:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            for tmp in self.state_dir.glob(".*.tmp") if self.state_dir.is_dir() else ():
+                shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        if self.resume is None:
+            return
+        saved = read_training_state(self.resume)
+        for name, now in settings.items():
+            if saved["settings"].get(name) != now:
+                raise UsageError(f"{self.resume} was made with {name} = {saved['settings'].get(name)!r}, this "
+                                 f"run has {now!r}; resume with the same settings")
+        split = progress.split
+        accelerator.load_state(str(self.resume))
+        saved_split = progress.split
+        if split is not None and (saved_split is None or not all(torch.equal(split[k], saved_split[k]) for k in split)):
+            raise UsageError(f"the PU split differs from the one saved in {self.resume} (did the data on disk "
+                             f"change?); resume on the same data or start over with --overwrite")
+        if accelerator.is_main_process:
+            print(f"resumed from {self.resume}: step {progress.step}, epoch {progress.epoch + 1}, "
+                  f"{progress.batch} batches into it")
+
+    def save(self, accelerator, progress, settings):
+        """Write the training state at progress.step aside, then rename it; keep the newest total_limit."""
+        final = self.state_dir / f"{CHECKPOINT_PREFIX}{progress.step}"
+        tmp = self.state_dir / f".{final.name}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        # Every process writes its own RNG state into tmp; the main one writes the rest.
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            record = dict(key=self.key, step=progress.step, epoch=progress.epoch + 1, batch=progress.batch,
+                          settings=settings)
+            (tmp / TRAINING_STATE_FILE).write_text(json.dumps(record, indent=2))
+            from utils.run import replace_dir   # here, not at the top: utils.run imports this module
+            replace_dir(tmp, final)
+            states = list_checkpoints(self.state_dir)
+            for old in states[:-self.total_limit] if self.total_limit else ():
+                # Hidden first, so a kill halfway through the delete leaves no broken checkpoint-STEP.
+                doomed = old.with_name(f".{old.name}.tmp")
+                os.replace(old, doomed)
+                shutil.rmtree(doomed)
+        accelerator.wait_for_everyone()
+        return final
+
+    def last_saved(self):
+        states = list_checkpoints(self.state_dir)
+        return states[-1] if states else None
+
+
+class TrainingProgress:
+    """Where the loop stands; registered with accelerate so that save_state / load_state carry it."""
+
+    def __init__(self, split=None):
+        self.step = 0                 # optimizer steps done
+        self.epoch = 0                # the epoch in progress, counted from 0
+        self.batch = 0                # batches of that epoch done (this process's share)
+        self.shuffle_state = None     # the loader generator's state when the epoch began
+        self.stats = None             # the epoch's running sums, so its logged means survive a resume
+        self.split = split            # {"indices", "labels"} int64 tensors, or None
+
+    def state_dict(self):
+        return dict(step=self.step, epoch=self.epoch, batch=self.batch, shuffle_state=self.shuffle_state,
+                    stats=self.stats, split=self.split)
+
+    def load_state_dict(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+def split_state(split):
+    """The PU split as tensors for TrainingProgress (None for data without one)."""
+    if split is None:
+        return None
+    return dict(indices=torch.as_tensor(split.indices, dtype=torch.int64),
+                labels=torch.as_tensor(split.labels, dtype=torch.int64))
+
+
+class NonFiniteGuard:
+    """Stops training at the first step whose loss or gradient norm is inf or NaN.
+
+    Each step records, on the device and without a host sync, the first bad step and its loss, R_S,
+    R_N and gradient norm; `check` reads that record (every step on CPU, every DEVICE_CHECK_INTERVAL
+    steps on a GPU, and always before a save) and returns the message to stop with, or None. Under
+    fp16 the grad scaler expects overflowing gradients now and then (it skips those steps and lowers
+    its scale), so only the loss is watched there. With several processes the records are gathered,
+    so every process stops at the same step.
+    """
+
+    def __init__(self, accelerator, algorithm, steps_per_epoch):
+        self.accelerator, self.algorithm, self.steps_per_epoch = accelerator, algorithm, steps_per_epoch
+        self.watch_grad = accelerator.scaler is None
+        self.every = 1 if accelerator.device.type == "cpu" else DEVICE_CHECK_INTERVAL
+        self.first_step = torch.zeros(1, dtype=torch.int64, device=accelerator.device)   # 0: none yet
+        self.first = torch.zeros(4, device=accelerator.device)   # loss, R_S, R_N, grad norm at first_step
+
+    def observe(self, step, loss, r_s, r_n, grad_norm):
+        watch_grad = self.watch_grad and grad_norm is not None
+        grad_norm = torch.full_like(loss, float("nan")) if grad_norm is None else grad_norm
+        values = torch.stack([loss.detach(), r_s, r_n, grad_norm.detach()]).float()
+        watched = values[[0, 3]] if watch_grad else values[:1]
+        new = (~torch.isfinite(watched).all()) & (self.first_step == 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.first = torch.where(new, values, self.first)
+
+    def due(self, step):
+        return step % self.every == 0
+
+    def check(self):
+        first_step, first = self.first_step, self.first[None]
+        if self.accelerator.num_processes > 1:
+            first_step, first = self.accelerator.gather(first_step), self.accelerator.gather(first)
+        first_step, first = first_step.cpu(), first.cpu()
+        bad = (first_step > 0).nonzero().flatten()
+        if len(bad) == 0:
+            return None
+        process = int(bad[first_step[bad].argmin()])
+        step = int(first_step[process])
+        loss, r_s, r_n, grad_norm = first[process].tolist()
+        where = f" on process {process}" if self.accelerator.num_processes > 1 else ""
+        return (f"non-finite loss or gradient at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}) "
+                f"of {self.algorithm} training{where}: loss={loss:.4g}, R_S={r_s:.4g}, R_N={r_n:.4g}, "
+                f"grad norm={grad_norm:.4g}")

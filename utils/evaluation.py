@@ -1,0 +1,186 @@
+"""Evaluating a pixel-space diffusion model: N samples, the non-sensitive rate, FID, one result JSON.
+
+evaluate.py (any checkpoint main.py or main-ft.py wrote) and the end of a training run
+(utils.experiment) both call `evaluate_and_save`: it draws N samples with the run's sampler and
+seed, judges them with the config's cached sensitivity classifier (utils.classifier), measures FID
+and the classifier-feature Frechet distance against the normal-only test set (utils.metrics), and
+writes `{output_dir}/outputs/results/{key}.json` in the schema report.py reads:
+
+    {key, script, run_key, checkpoint, config_name, dataset, algorithm, beta, seed, pu_correction,
+     sampler, num_inference_steps, num_samples,
+     metrics: {non_sensitive_rate, classifier_accuracy, fid, fd_classifier},
+     fid_error, classifier: {...}, n_reference, device, sampling_dtype,
+     times: {classifier_s, sampling_s, metrics_s, total_s, train_s}, versions: {...}}
+
+`fid` is null where the Inception weights cannot be had, and `fid_error` says why; `fd_classifier`
+(always available offline) stands in for it, comparable only between runs of the same config.
+"""
+import json
+import platform
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configs import Config
+from utils.classifier import PREDICT_BATCH, check_classifier_weights, load_or_train_classifier, make_loader, \
+    predict_normal
+from utils.data import PUDataset, image_transform, load_dataset, test_indices
+from utils.errors import UsageError
+from utils.metrics import ClassifierFeatures, frechet_distances, frechet_metric, inception_metric_or_reason, \
+    non_sensitive_rate
+from utils.run import RUN_CONFIG_FILE, write_file_atomically
+from utils.sampling import generate, resolve_eval_batch_size
+
+RESULTS_DIR = Path("outputs") / "results"
+EVALUABLE_SCRIPTS = ("main", "main_ft")      # pixel-space checkpoints; main_sd has evaluate-sd.py
+PIPELINE_INDEX = "model_index.json"          # what save_pretrained writes at a pipeline's root
+
+
+def check_eval_args(classifier_weights=None, inception_weights=None):
+    """Validate the evaluation's file arguments before anything is written."""
+    check_classifier_weights(classifier_weights)
+    if inception_weights and not Path(inception_weights).is_file():
+        raise UsageError(f"--inception_weights {inception_weights} is not a file; pass torch-fidelity's "
+                         f"weights-inception-2015-12-05-6726825d.pth or leave it out")
+
+
+def normal_test_set(config, data_dir):
+    """The normal-only test images in [0, 1] (the FID reference), as PUData.test holds them."""
+    base, targets = load_dataset(config, data_dir, train=False, transform=image_transform(config, to_unit_range=True))
+    return PUDataset(base, test_indices(targets, config), np.zeros(config.n_test, dtype=np.int64))
+
+
+def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, num_inference_steps, batch_size,
+             data_dir, output_dir, device, dtype=None, reference=None, classifier_weights=None,
+             inception_weights=None):
+    """Sample `num_samples` images with config.sampler and measure them; returns the result fields.
+
+    `batch_size` (a number or "auto") batches the sampling; the classifier and the Frechet features
+    take PREDICT_BATCH images at a time. `reference` is the normal-only test set (loaded from
+    `data_dir` when None); the classifier is loaded from or cached into output_dir/checkpoints/classifiers/.
+    """
+    device = torch.device(device)
+    times, start = {}, time.time()
+    classifier, meta = load_or_train_classifier(config_name, config, data_dir, output_dir, device, classifier_weights)
+    reference = reference if reference is not None else normal_test_set(config, data_dir)
+    times["classifier_s"] = round(time.time() - start, 1)
+
+    start = time.time()
+    batch_size = resolve_eval_batch_size(batch_size, unet, num_samples=num_samples, dtype=dtype)
+    images = generate(unet, noise_scheduler, sampler=config.sampler, num_inference_steps=num_inference_steps,
+                      num_samples=num_samples, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
+                      desc=f"evaluation samples ({num_samples})")
+    times["sampling_s"] = round(time.time() - start, 1)
+
+    start = time.time()
+    rate = non_sensitive_rate(predict_normal(classifier, images, device, PREDICT_BATCH))
+    inception, fid_error = inception_metric_or_reason(inception_weights)
+    metrics = dict(fd_classifier=frechet_metric(ClassifierFeatures(classifier)))
+    if inception is not None:
+        metrics["fid"] = inception
+    reference_batches = (x for x, _ in make_loader(reference, PREDICT_BATCH, device))
+    distances = frechet_distances(images, reference_batches, metrics, device, PREDICT_BATCH)
+    times["metrics_s"] = round(time.time() - start, 1)
+    if fid_error:
+        print(f"note: FID not computed ({fid_error}); fd_classifier stands in for it")
+    return dict(metrics=dict(non_sensitive_rate=rate, classifier_accuracy=meta["test_accuracy"],
+                             fid=distances.get("fid"), fd_classifier=distances["fd_classifier"]),
+                fid_error=fid_error, n_reference=len(reference), eval_batch_size=batch_size, classifier=meta,
+                times=times)
+
+
+def package_versions():
+    import diffusers
+    import torch_fidelity
+    import torchmetrics
+    import torchvision
+    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                diffusers=diffusers.__version__, torchmetrics=torchmetrics.__version__,
+                torch_fidelity=torch_fidelity.__version__, numpy=np.__version__)
+
+
+def result_key(run_key, config, num_inference_steps):
+    """The run's key, tagged with the step count where it differs from the config's."""
+    return run_key if num_inference_steps == config.num_inference_steps else f"{run_key}_steps{num_inference_steps}"
+
+
+def evaluate_and_save(unet, noise_scheduler, *, run_record, config_name, config, checkpoint, output_dir,
+                      num_samples, num_inference_steps, batch_size, data_dir, device, dtype=None,
+                      reference=None, classifier_weights=None, inception_weights=None):
+    """`evaluate` the model of the run described by `run_record` (its run_config.json) and write
+    {output_dir}/outputs/results/{key}.json; returns (path, result)."""
+    started = time.time()
+    steps = num_inference_steps or config.num_inference_steps
+    evaluation = evaluate(unet, noise_scheduler, config_name=config_name, config=config, seed=run_record["seed"],
+                          num_samples=num_samples, num_inference_steps=steps, batch_size=batch_size,
+                          data_dir=data_dir, output_dir=output_dir, device=device, dtype=dtype,
+                          reference=reference, classifier_weights=classifier_weights,
+                          inception_weights=inception_weights)
+    evaluation["times"].update(total_s=round(time.time() - started, 1), train_s=run_record.get("train_seconds"))
+    key = result_key(run_record["key"], config, steps)
+    result = dict(key=key, script=run_record["script"], run_key=run_record["key"], checkpoint=str(checkpoint),
+                  config_name=config_name, dataset=config.dataset, algorithm=run_record["algorithm"],
+                  beta=run_record["beta"], seed=run_record["seed"], pu_correction=run_record.get("pu_correction"),
+                  sampler=config.sampler, num_inference_steps=steps, num_samples=num_samples,
+                  device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",
+                  **evaluation, versions=package_versions())
+    path = Path(output_dir) / RESULTS_DIR / f"{key}.json"
+    write_file_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    m = result["metrics"]
+    fid = f"FID {m['fid']:.2f}" if m["fid"] is not None else "FID n/a"
+    print(f"{key}: non-sensitive rate {m['non_sensitive_rate']:.4f} (classifier accuracy "
+          f"{m['classifier_accuracy']:.4f}), {fid}, fd_classifier {m['fd_classifier']:.3f} on {num_samples} "
+          f"samples; saved {path}")
+    return path, result
+
+
+def evaluate_run(run, unet, noise_scheduler, reference, device, dtype=None):
+    """After training: evaluate `run`'s model with its --num_eval_samples and --eval_batch_size."""
+    args = run.args
+    num_samples = run.config.num_eval_samples if args.num_eval_samples is None else args.num_eval_samples
+    record = dict(key=run.key, script=run.script, algorithm=args.algorithm, beta=run.beta, seed=args.seed,
+                  pu_correction=args.pu_correction, train_seconds=round(time.time() - run.started, 1))
+    return evaluate_and_save(unet, noise_scheduler, run_record=record, config_name=args.config_name,
+                             config=run.config, checkpoint=run.checkpoint_dir, output_dir=run.root,
+                             num_samples=num_samples, num_inference_steps=run.config.num_inference_steps,
+                             batch_size=args.eval_batch_size, data_dir=args.data_dir, device=device, dtype=dtype,
+                             reference=reference, classifier_weights=args.classifier_weights,
+                             inception_weights=args.inception_weights)
+
+
+def config_from_record(record):
+    """The Config a run recorded (JSON turned its tuples into lists; fields added since keep their defaults)."""
+    known = {f.name for f in fields(Config)}
+    values = {k: v for k, v in record["config"].items() if k in known}
+    values["normal_classes"] = tuple(values["normal_classes"])
+    values["unet"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.get("unet", {}).items()}
+    return Config(**values)
+
+
+def read_checkpoint_record(checkpoint):
+    """(run record, config name, Config) of a checkpoint folder main.py or main-ft.py wrote; a UsageError otherwise."""
+    checkpoint = Path(checkpoint)
+    record_file = checkpoint / RUN_CONFIG_FILE
+    if not checkpoint.is_dir() or not record_file.is_file() or not (checkpoint / PIPELINE_INDEX).is_file():
+        raise UsageError(f"{checkpoint} is not a checkpoint folder (it needs {RUN_CONFIG_FILE} and {PIPELINE_INDEX}); "
+                         f"pass a checkpoints/main_* folder that main.py or main-ft.py wrote")
+    try:
+        record = json.loads(record_file.read_text())
+        script = record.get("script")
+        if script not in EVALUABLE_SCRIPTS:
+            raise UsageError(f"{checkpoint} was written by {script}; evaluate.py evaluates main.py and main-ft.py "
+                             f"checkpoints (use evaluate-sd.py for main-sd.py)")
+        return record, record["args"]["config_name"], config_from_record(record)
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise UsageError(f"{record_file} is unreadable or incomplete ({type(e).__name__}: {e}); "
+                         f"re-run the training that wrote it")
+
+
+def load_checkpoint_model(checkpoint, device):
+    """(unet, noise scheduler) from a saved diffusers pipeline folder."""
+    from diffusers import DiffusionPipeline
+    pipeline = DiffusionPipeline.from_pretrained(checkpoint)
+    return pipeline.unet.to(device).eval(), pipeline.scheduler

@@ -1,0 +1,84 @@
+"""The paper's two metrics on generated images: the non-sensitive rate and Frechet distances.
+
+- `non_sensitive_rate`: the share of samples a sensitivity classifier calls normal.
+- `frechet_distances`: torchmetrics' FrechetInceptionDistance between generated images and a
+  reference set. With `feature=2048` it is the FID (Inception-v3 pool features, images in [0, 1],
+  weights from torch-fidelity's download or a local file); with a module it is the same Frechet
+  distance in that module's features. `inception_metric_or_reason` turns a missing Inception
+  download into (None, reason) so the rest of an evaluation still runs offline.
+- `ClassifierFeatures`: the sensitivity classifier's penultimate features as such a module. The
+  Frechet distance in them ("fd_classifier") is a dataset-specific stand-in for FID where the
+  Inception weights cannot be had; it is comparable only between runs judged by the same classifier.
+"""
+import pickle
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+INCEPTION_FEATURES = 2048
+
+
+def non_sensitive_rate(is_normal):
+    """Share of True in the bool tensor `is_normal` [N]."""
+    if len(is_normal) == 0:
+        raise ValueError("the non-sensitive rate needs at least one sample")
+    return is_normal.float().mean().item()
+
+
+class ClassifierFeatures(nn.Module):
+    """A SensitivityClassifier's penultimate features [B, D] for images in [0, 1]."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.num_features   # torchmetrics reads this instead of probing
+
+    def forward(self, x):
+        return self.classifier.features(x).float()
+
+
+def batches(images, batch_size):
+    """`images` (a tensor [N, C, H, W] or an iterable of such batches) in batches of at most `batch_size`."""
+    if torch.is_tensor(images):
+        return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+    return images
+
+
+def frechet_metric(feature=INCEPTION_FEATURES, weights_path=None):
+    """A torchmetrics FrechetInceptionDistance taking images in [0, 1].
+
+    `feature` is 2048 (Inception-v3 pool features: the FID) or an nn.Module mapping images to
+    [B, D] features. Inception weights come from torch-fidelity's download unless `weights_path`
+    names a local file; a failed download raises OSError.
+    """
+    kwargs = dict(feature_extractor_weights_path=weights_path) if weights_path else {}
+    if isinstance(feature, nn.Module):
+        feature.eval()
+    return FrechetInceptionDistance(feature=feature, normalize=True, **kwargs)
+
+
+def inception_metric_or_reason(weights_path=None):
+    """(FID metric, None), or (None, why) where the Inception weights cannot be loaded."""
+    try:
+        return frechet_metric(INCEPTION_FEATURES, weights_path), None
+    except (OSError, RuntimeError, ModuleNotFoundError, pickle.UnpicklingError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        source = weights_path or "torch-fidelity's download"
+        return None, f"Inception-v3 weights unavailable from {source}: {reason}"
+
+
+@torch.no_grad()
+def frechet_distances(generated, reference, metrics, device="cpu", batch_size=256):
+    """{name: Frechet distance} for each metric in `metrics` ({name: frechet_metric(...)}).
+
+    `generated` and `reference` hold images in [0, 1]: tensors [N, C, H, W] or iterables of
+    batches (a DataLoader), each read once whatever the number of metrics.
+    """
+    metrics = {name: m.to(device) for name, m in metrics.items()}
+    for real, images in ((False, generated), (True, reference)):
+        for batch in batches(images, batch_size):
+            batch = batch.to(device).float()
+            for m in metrics.values():
+                m.update(batch, real=real)
+    return {name: m.compute().item() for name, m in metrics.items()}
