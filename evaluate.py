@@ -15,7 +15,7 @@ import torch
 
 from utils.errors import exits_on_usage_error
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model, read_checkpoint_record
-from utils.run import batch_size_or_auto, positive_int
+from utils.run import batch_size_or_auto, check_output_dir, positive_int
 from utils.sampling import AUTO
 
 
@@ -47,6 +47,7 @@ def default_output_dir(checkpoint):
 def main(args):
     record, config_name, config = read_checkpoint_record(args.checkpoint_dir)
     check_eval_args(args.classifier_weights, args.inception_weights)
+    check_output_dir(args.output_dir or default_output_dir(args.checkpoint_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
     evaluate_and_save(unet, noise_scheduler, run_record=record, config_name=config_name, config=config,

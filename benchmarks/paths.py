@@ -10,6 +10,7 @@ import copy
 import sys
 
 import numpy as np
+import torch
 
 from benchmarks import measure
 from benchmarks.synthetic_mnist import write_mnist
@@ -21,27 +22,33 @@ from utils.training import make_loader, train
 SYNTHETIC_TEST_IMAGES = 10   # torchvision's MNIST wants a test split; the benchmark never reads it
 
 
-def per_item_views(config, args, folder, sizes):
-    """Per-item views of the train split (the paper's transforms), one per size in `sizes`, with
-    seeded PU labels at the config's share of S; and a note on where the images came from."""
+def per_item_views(config, args, folder):
+    """Per-item views (the paper's transforms) of --warmup_steps and of --warmup_steps + --steps
+    batches of the train split, the first a prefix of the second, with seeded PU labels at the
+    config's share of S; and a note on where the images came from."""
+    short, long = args.warmup_steps * config.batch_size, (args.warmup_steps + args.steps) * config.batch_size
     data_dir, source = args.data_dir, f"{config.dataset} in {args.data_dir}"
     if data_dir is None and config.dataset == "MNIST":
-        data_dir, source = write_mnist(folder, sum(sizes), SYNTHETIC_TEST_IMAGES, args.seed), "synthetic MNIST (idx)"
+        data_dir, source = write_mnist(folder, long, SYNTHETIC_TEST_IMAGES, args.seed), "synthetic MNIST (idx)"
     elif data_dir is None and config.dataset == "Digits":
         source = "scikit-learn digits"
     elif data_dir is None:
         raise UsageError(f"{config.dataset} needs --data_dir with its files; only MNIST has a synthetic stand-in")
     base, _ = load_dataset(config, data_dir, train=True, transform=image_transform(config))
     rng = np.random.default_rng(args.seed)
-    indices = np.resize(rng.permutation(len(base)), sum(sizes))     # repeats when the split is smaller
+    indices = np.resize(rng.permutation(len(base)), long)     # repeats when the split is smaller
     s_share = config.n_s / (config.n_sensitive_drawn + config.n_u_normal)
-    labels = (rng.random(sum(sizes)) < s_share).astype(np.int64)
-    bounds = np.cumsum([0, *sizes])
-    return [PUDataset(base, indices[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], source
+    labels = (rng.random(long) < s_share).astype(np.int64)
+    return PUDataset(base, indices[:short], labels[:short]), PUDataset(base, indices, labels), source
 
 
 def timed_train(accelerator, model, noise_scheduler, dataset, config, args):
     """(trained model, seconds) for one epoch of utils.training.train over `dataset`."""
+    if args.compile:
+        # Every call prepares the model afresh, which dynamo sees as a new forward; without a reset
+        # the recompilations would pile up to its limit and it would fall back to eager.
+        torch._dynamo.reset()
+
     def run():
         with contextlib.redirect_stdout(sys.stderr):   # the loop's progress lines; stdout is the JSON
             return train(accelerator, model, noise_scheduler, dataset, algorithm=args.algorithm, beta=DEFAULT_BETA,
@@ -58,17 +65,26 @@ def timed_loader(dataset, device, args, batch):
     return measure.timed(device, run)[1]
 
 
-def time_training(accelerator, pristine, noise_scheduler, config, args, warm, timed):
-    """Seconds of the loader alone and of training, for ours and naive, and ours' materialization."""
+def time_training(accelerator, pristine, noise_scheduler, config, args, short, long):
+    """Seconds of --steps batches for ours and naive (each repeat's), of the loader alone over the
+    long view, and of ours' materialization of it; and a model trained by our path.
+
+    Each training figure is the difference between a run over `long` and one over `short`, both from
+    a fresh copy of `pristine`: the set-up, compilation and first batches cancel. An untimed run over
+    `short` first fills the caches (kernels, cuDNN's choices, compiled graphs).
+    """
     device, batch = accelerator.device, config.batch_size
-    ours_warm = materialize(warm)
-    ours, materialize_s = measure.timed(device, lambda: materialize(timed))
-    paths = dict(ours=(ours_warm, ours), naive=(warm, timed))
+    ours_short = materialize(short)
+    ours_long, materialize_s = measure.timed(device, lambda: materialize(long))
+    paths = dict(ours=(ours_short, ours_long), naive=(short, long))
     loader_s = {name: timed_loader(data, device, args, batch) for name, (_, data) in paths.items()}
-    models, train_s = {}, {name: [] for name in paths}
+    train_s, models = {name: [] for name in paths}, {}
+    for name, (short_data, _) in paths.items():
+        timed_train(accelerator, copy.deepcopy(pristine), noise_scheduler, short_data, config, args)
     for _ in range(args.repeats):
-        for name, (warm_data, data) in paths.items():
-            model, _ = timed_train(accelerator, copy.deepcopy(pristine), noise_scheduler, warm_data, config, args)
-            models[name], seconds = timed_train(accelerator, model, noise_scheduler, data, config, args)
-            train_s[name].append(seconds)
+        for name, (short_data, long_data) in paths.items():
+            _, short_s = timed_train(accelerator, copy.deepcopy(pristine), noise_scheduler, short_data, config, args)
+            models[name], long_s = timed_train(accelerator, copy.deepcopy(pristine), noise_scheduler, long_data,
+                                               config, args)
+            train_s[name].append(long_s - short_s)
     return materialize_s, loader_s, train_s, models["ours"]

@@ -2,12 +2,15 @@
 
     python benchmarks/throughput.py --config_name MNIST_even --unet digits --steps 10
 
-Both training paths run utils.training.train, the loop the scripts run, for one epoch of --steps
-batches after --warmup_steps batches: ours over the images materialized once (utils.data, on the
-GPU when they fit), the naive one over the torchvision dataset with the paper's transforms applied
-per item in the main process (DataLoader, num_workers=0, shuffle=True). The same images and labels
-go through both. Sampling times utils.sampling.generate. MNIST configs use a synthetic MNIST in
-idx format unless --data_dir holds the real files. FLOPs, peaks and MFU: benchmarks/measure.py.
+Both training paths run utils.training.train, the loop the scripts run (benchmarks/paths.py):
+ours over the images materialized once (utils.data, on the GPU when they fit), the naive one over
+the torchvision dataset with the paper's transforms applied per item in the main process
+(DataLoader, num_workers=0, shuffle=True), with the same images and labels. A training rate is
+--steps batches over the time a run of --warmup_steps + --steps batches takes beyond one of
+--warmup_steps; the best of --repeats. `ours_over_naive` compares them; `naive_data_share` is the
+naive loader's share of the naive step and `ratio_bound` the most a free data path could gain.
+Sampling times utils.sampling.generate. MNIST configs use a synthetic MNIST in idx format unless
+--data_dir holds the real files. FLOPs, peaks, MFU and memory: benchmarks/measure.py.
 """
 import argparse
 import json
@@ -72,18 +75,37 @@ def make_benchmark_accelerator(args):
 
 
 def rate(images, seconds, flops_per_image, peak):
+    """Images/s and MFU; None where a difference of two noisy timings came out non-positive."""
+    if seconds <= 0:
+        return dict(images_per_s=None, seconds=seconds, mfu=None)
     return dict(images_per_s=images / seconds, seconds=seconds,
                 mfu=flops_per_image * images / seconds / peak if peak else None)
+
+
+def fmt(value, spec=".2f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def compare(result):
+    """ours / naive, and where the naive loop's time goes: the share its loader alone takes, and so
+    the most any data path could gain over it (the loader's cost brought to zero)."""
+    ours, naive = (result["train"][name]["images_per_s"] for name in ("ours", "naive"))
+    loader_s = result["loader_only"]["naive"]["seconds"] / result["loader_only"]["naive"]["images"]
+    step_s = result["train"]["naive"]["seconds"] / (result["steps"] * result["batch_size"])
+    share = loader_s / step_s if naive else None
+    return dict(ours_over_naive=ours / naive if ours and naive else None, naive_data_share=share,
+                ratio_bound=1 / (1 - share) if share is not None and share < 1 else None)
 
 
 @exits_on_usage_error
 def main(args):
     config = with_overrides(get_config(args.config_name), batch_size=args.batch_size, num_epochs=1,
                             unet=dict(DIGITS_UNET) if args.unet == "digits" else None)
-    accelerator = make_benchmark_accelerator(args)
-    device, batch, images = accelerator.device, config.batch_size, args.steps * config.batch_size
+    batch, images = config.batch_size, args.steps * config.batch_size
     with tempfile.TemporaryDirectory() as folder:
-        (warm, timed), source = per_item_views(config, args, folder, [args.warmup_steps * batch, images])
+        short, long, source = per_item_views(config, args, folder)
+        accelerator = make_benchmark_accelerator(args)
+        device = accelerator.device
         pristine = build_unet(config).to(device)
         noise_scheduler = build_noise_scheduler(config)
         shape = (pristine.config.in_channels, config.image_size, config.image_size)
@@ -93,7 +115,7 @@ def main(args):
         peak, peak_source = measure.peak_flops(device, prec)
         measure.reset_peak_memory(device)
         materialize_s, loader_s, train_s, model = time_training(accelerator, pristine, noise_scheduler, config,
-                                                                args, warm, timed)
+                                                                args, short, long)
         train_memory = measure.peak_memory(device)
     result = dict(config=args.config_name, unet=args.unet, parameters=sum(p.numel() for p in pristine.parameters()),
                   image_size=config.image_size, batch_size=batch, steps=args.steps, repeats=args.repeats,
@@ -103,15 +125,17 @@ def main(args):
                                data_on_device=args.data_on_device),
                   flops_per_train_image=train_flops, flops_per_sample_step_image=sample_flops,
                   peak_flops=peak, peak_flops_source=peak_source,
-                  materialize=dict(images=images, seconds=materialize_s, images_per_s=images / materialize_s),
-                  loader_only={name: dict(images_per_s=images / s, seconds=s) for name, s in loader_s.items()},
-                  train={name: dict(rate(images, min(s), train_flops, peak), all_seconds=s)
-                         for name, s in train_s.items()},
+                  materialize=dict(images=len(long), seconds=materialize_s, images_per_s=len(long) / materialize_s),
+                  loader_only={name: dict(images=len(long), seconds=s, images_per_s=len(long) / s)
+                               for name, s in loader_s.items()},
+                  train={name: dict(rate(images, min((t for t in s if t > 0), default=min(s)), train_flops, peak),
+                                    all_seconds=s) for name, s in train_s.items()},
                   train_peak_memory=dict(zip(("bytes", "measure"), train_memory)))
-    result["ours_over_naive"] = result["train"]["ours"]["images_per_s"] / result["train"]["naive"]["images_per_s"]
+    result.update(compare(result))
     result["sampling"] = sample(model, noise_scheduler, config, args, accelerator, sample_flops, peak)
-    print(f"training {result['train']['ours']['images_per_s']:.1f} images/s (ours) vs "
-          f"{result['train']['naive']['images_per_s']:.1f} (naive): {result['ours_over_naive']:.2f}x", file=sys.stderr)
+    ours, naive = (fmt(result["train"][name]["images_per_s"], ".1f") for name in ("ours", "naive"))
+    print(f"training images/s: ours {ours}, naive {naive}, ours / naive {fmt(result['ours_over_naive'])}; the "
+          f"naive loader takes {fmt(result['naive_data_share'], '.1%')} of the naive step", file=sys.stderr)
     print(json.dumps(result, indent=2))
     return result
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from utils.errors import UsageError
 
@@ -27,6 +28,11 @@ TRAINING_STATE_FILE = "training_state.json"
 LATEST = "latest"
 # Config fields that only change sampling or evaluation; every other field must match to resume.
 SAMPLING_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size")
+# Checked when training starts only: main-ft.py takes it from the pretrained model after parsing.
+RESOLVED_LATER = ("num_train_timesteps",)
+# What accelerate's save_state writes for one model, optimizer, registered schedule and progress.
+STATE_FILES = ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+               "random_states_0.pkl")
 # On a GPU, reading the guard's flag every step would stall the launch queue once a step; it is
 # read every this many steps (and before every save and at every epoch end) instead. The message
 # still names the first bad step, recorded on the device.
@@ -66,7 +72,7 @@ def resolve_resume(value, state_dir, key):
         if not states:
             print(f"note: no training state under {state_dir} yet; starting from scratch")
             return None
-        return states[-1]
+        return check_complete(states[-1], state_dir)
     path = Path(value)
     if not path.is_dir():
         raise UsageError(f"--resume_from_checkpoint {value} does not exist; give a checkpoint-STEP folder "
@@ -78,7 +84,31 @@ def resolve_resume(value, state_dir, key):
     if saved != key:
         raise UsageError(f"{value} is a training state of run {saved}, not of {key}; resume with the "
                          f"arguments that made it")
+    return check_complete(path, state_dir)
+
+
+def check_complete(path, state_dir):
+    """`path` if it holds every file of a training state; a UsageError naming the missing ones otherwise."""
+    missing = [name for name in STATE_FILES if not (path / name).is_file()]
+    if missing:
+        raise UsageError(f"{path} is incomplete (no {', '.join(missing)}); resume from another state under "
+                         f"{state_dir} or start over with --overwrite")
+    try:   # the weights' header names every tensor's extent: a cut-short file fails here, cheaply
+        with safe_open(path / STATE_FILES[0], framework="pt"):
+            pass
+    except SafetensorError as e:
+        raise UsageError(f"{path / STATE_FILES[0]} is damaged ({e}); resume from another state under "
+                         f"{state_dir} or start over with --overwrite")
     return path
+
+
+def check_settings(path, now):
+    """UsageError unless the training state at `path` was made with the settings `now`."""
+    saved = read_training_state(path)["settings"]
+    for name, value in now.items():
+        if saved.get(name) != value:
+            raise UsageError(f"{path} was made with {name} = {saved.get(name)!r}, this run has {value!r}; "
+                             f"resume with the same settings")
 
 
 def training_settings(config, correction):
@@ -99,10 +129,13 @@ class Checkpointing:
     fresh: bool = False          # --overwrite without a resume: the old run's states go first
 
     @classmethod
-    def from_args(cls, args, checkpoint_dir, key):
+    def from_args(cls, args, checkpoint_dir, key, config):
         """Resolve the checkpointing arguments; UsageError (before anything is written) when they conflict."""
         state_dir = state_dir_for(checkpoint_dir)
         resume = resolve_resume(getattr(args, "resume_from_checkpoint", None), state_dir, key)
+        if resume is not None:
+            settings = training_settings(config, getattr(args, "pu_correction", None))
+            check_settings(resume, {k: v for k, v in settings.items() if k not in RESOLVED_LATER})
         overwrite = getattr(args, "overwrite", False)
         if resume is None and list_checkpoints(state_dir) and not overwrite:
             raise UsageError(f"{state_dir} holds training states of an unfinished run; pass "
@@ -124,15 +157,16 @@ class Checkpointing:
         accelerator.wait_for_everyone()
         if self.resume is None:
             return
-        saved = read_training_state(self.resume)
-        for name, now in settings.items():
-            if saved["settings"].get(name) != now:
-                raise UsageError(f"{self.resume} was made with {name} = {saved['settings'].get(name)!r}, this "
-                                 f"run has {now!r}; resume with the same settings")
+        check_settings(self.resume, settings)
         split = progress.split
-        accelerator.load_state(str(self.resume))
-        saved_split = progress.split
-        if split is not None and (saved_split is None or not all(torch.equal(split[k], saved_split[k]) for k in split)):
+        try:
+            accelerator.load_state(str(self.resume))
+        except Exception as e:   # a damaged file: safetensors, pickle and torch.load raise their own kinds
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UsageError(f"cannot load the training state {self.resume} ({type(e).__name__}: {reason}); resume "
+                             f"from another state under {self.state_dir} or start over with --overwrite") from e
+        saved = progress.split
+        if split is not None and (saved is None or not all(torch.equal(split[k], saved[k]) for k in split)):
             raise UsageError(f"the PU split differs from the one saved in {self.resume} (did the data on disk "
                              f"change?); resume on the same data or start over with --overwrite")
         if accelerator.is_main_process:
@@ -220,7 +254,7 @@ class NonFiniteGuard:
         watch_grad = self.watch_grad and grad_norm is not None
         grad_norm = torch.full_like(loss, float("nan")) if grad_norm is None else grad_norm
         values = torch.stack([loss.detach(), r_s, r_n, grad_norm.detach()]).float()
-        watched = values[[0, 3]] if watch_grad else values[:1]
+        watched = values[::3] if watch_grad else values[:1]     # loss and grad norm, or the loss
         new = (~torch.isfinite(watched).all()) & (self.first_step == 0)
         self.first_step = torch.where(new, step, self.first_step)
         self.first = torch.where(new, values, self.first)

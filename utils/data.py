@@ -7,6 +7,7 @@ dataset. Deterministic transforms are applied once (`materialize`) and the resul
 since redoing them per item per epoch would make the loop data-bound.
 """
 import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,10 @@ def load_dataset(config, data_dir, train, transform=None):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"{name} is not in {data_dir!s} and could not be downloaded ({reason}); "
                          f"put the files there as datasets/README.md shows, or run once with network access")
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        # Files present but cut short or overwritten: unpickling (CIFAR10) or reshaping (STL10) fails.
+        raise UsageError(f"{name} files in {data_dir!s} are damaged ({type(e).__name__}: {e}); delete them to "
+                         f"download afresh, or put intact copies there as datasets/README.md shows")
     raise KeyError(f"unknown dataset {name!r}")
 
 

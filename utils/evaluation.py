@@ -182,5 +182,10 @@ def read_checkpoint_record(checkpoint):
 def load_checkpoint_model(checkpoint, device):
     """(unet, noise scheduler) from a saved diffusers pipeline folder."""
     from diffusers import DiffusionPipeline
-    pipeline = DiffusionPipeline.from_pretrained(checkpoint)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(checkpoint)
+    except (OSError, ValueError) as e:   # a part missing or its weights cut short
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load the pipeline in {checkpoint} ({reason}); the checkpoint is damaged, "
+                         f"re-run the training that wrote it")
     return pipeline.unet.to(device).eval(), pipeline.scheduler

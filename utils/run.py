@@ -92,7 +92,9 @@ def add_run_args(parser, configs=None, default_config=None):
     parser.add_argument("--batch_size", type=positive_int, help="default: the config's")
     parser.add_argument("--learning_rate", type=positive_float, help="default: the config's")
     parser.add_argument("--num_inference_steps", type=positive_int, help="sampling steps (default: the config's)")
-    parser.add_argument("--data_dir", default="datasets", help="data root; torchvision downloads here")
+    parser.add_argument("--data_dir", default="datasets",
+                        help="data folder: torchvision datasets download here; main-sd.py reads "
+                             "0_unlabeled/ and 1_positive/ from it (default: %(default)s)")
     parser.add_argument("--output_dir", default=".",
                         help="root that receives checkpoints/ and outputs/ (default: the current folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
@@ -131,6 +133,17 @@ def add_eval_args(parser):
                             help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
     evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
     return parser
+
+
+def check_output_dir(root):
+    """UsageError unless `root` is, or can be created as, a writable folder (nothing is created here)."""
+    probe = Path(root)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{probe} is a file, not a folder; choose another --output_dir")
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"cannot write to {probe}; choose a writable --output_dir")
 
 
 def format_beta(beta):
@@ -182,7 +195,7 @@ class Run:
         key = "_".join([prefix, *parts, args.algorithm, format_beta(beta), str(args.seed)])
         run = cls(key=key, script=prefix, config=config, args=args, beta=beta, root=Path(args.output_dir))
         run.check_writable()
-        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, key)
+        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, key, config)
         return run
 
     def finished_outputs(self):
@@ -196,13 +209,7 @@ class Run:
         if finished and not self.args.overwrite:
             raise UsageError(f"{finished[0]} holds a finished run; pass --overwrite to replace it "
                              f"or choose another --seed or --output_dir")
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise UsageError(f"{probe} is a file, not a folder; choose another --output_dir")
-        if not os.access(probe, os.W_OK):
-            raise UsageError(f"cannot write to {probe}; choose a writable --output_dir")
+        check_output_dir(self.root)
 
     def record(self, **extra):
         """The resolved run configuration, saved as JSON beside the checkpoint."""

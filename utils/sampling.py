@@ -79,8 +79,10 @@ def largest_fitting(fits, limit, start=PROBE_START):
 
 
 def is_out_of_memory(error):
-    # cuDNN and cuBLAS report a failed workspace allocation as a RuntimeError, not OutOfMemoryError.
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    # cuDNN and cuBLAS may report a failed allocation of their own as a plain RuntimeError.
+    message = str(error)
+    return (isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in message.lower()
+            or "ALLOC_FAILED" in message)
 
 
 def unet_step_fits(unet, batch_size, dtype=None):
@@ -110,6 +112,7 @@ def resolve_eval_batch_size(requested, unet, *, num_samples, dtype=None):
     memory free now. On CPU: CPU_EVAL_PIXELS worth of images. The probe runs the UNet alone, so a
     heavier `to_images` (a VAE decode) should get a number instead.
     """
+    num_samples = max(num_samples, 1)
     if requested != AUTO:
         return min(int(requested), num_samples)
     unet_device = next(unet.parameters()).device

@@ -7,7 +7,7 @@ embeddings for Stable Diffusion.
 import torch
 from accelerate import Accelerator, skip_first_batches
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from losses import denoising_error, get_objective, pu_risks
@@ -40,13 +40,20 @@ def images_to_model_input(batch):
 
 
 def make_loader(dataset, batch_size, seed, num_workers=0):
-    """Shuffled batches from a seeded generator; TensorPUDataset batches come from one gather."""
-    generator = torch.Generator().manual_seed(seed)
+    """Shuffled batches from a seeded generator; TensorPUDataset batches come from one gather.
+
+    The order comes from `loader.sampler.generator` alone. Without workers the loader also draws
+    its per-epoch base seed from it (exactly DataLoader(shuffle=True, generator=...)); with workers,
+    which persist across epochs and so draw that seed once rather than each epoch, from a generator
+    of their own, so that a resumed run replays the same order.
+    """
+    order = torch.Generator().manual_seed(seed)
     batched = hasattr(dataset, "__getitems__")
     if batched and dataset.images.is_cuda:
         num_workers = 0   # CUDA tensors cannot be shared with worker processes, nor pinned
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      collate_fn=collate_batch if batched else None, num_workers=num_workers,
+    workers = torch.Generator().manual_seed(seed) if num_workers > 0 else order
+    return DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=order),
+                      generator=workers, collate_fn=collate_batch if batched else None, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available() and num_workers > 0,
                       # Workers outlive the epoch: restarting them each epoch costs seconds per epoch.
                       persistent_workers=num_workers > 0)
@@ -117,7 +124,7 @@ def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, corr
                                   fused=accelerator.device.type == "cuda")
     dataset = place_on_device(dataset, accelerator.device, data_on_device)
     loader = make_loader(dataset, config.batch_size, seed, num_workers)
-    shuffle = loader.generator   # its state at each epoch start is saved, so a resume replays the order
+    shuffle = loader.sampler.generator   # its state at each epoch start is saved: a resume replays the order
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -1,0 +1,1 @@
+"""Throughput benchmark of the training loop and the sampler: benchmarks/throughput.py."""
