@@ -18,7 +18,7 @@ from losses import denoising_error, pu_risks
 from utils.data import load_pu_data
 from utils.evaluation import load_checkpoint_model, read_checkpoint_record
 
-TIMESTEPS = (10, 100, 300, 500, 700, 900)
+TIMESTEPS = (10, 200, 500, 800)
 L_BOUNDED = 10.0        # exp(-10) = 4.5e-5: below this error l_S still pushes noticeably
 NOISE_SEED = 1234
 
