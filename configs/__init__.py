@@ -44,7 +44,7 @@ class Config:
     classifier_size: int              # sensitivity-classifier input resolution
     learning_rate: float = 1e-4
     lr_warmup_steps: int = 500
-    adam_weight_decay: float = 1e-2   # torch.optim.AdamW's default, as in diffusers' examples
+    adam_weight_decay: float = 1e-2   # torch.optim.AdamW's default
     max_grad_norm: float = 1.0
     num_train_timesteps: int = 1000
     unet: dict = field(default_factory=lambda: dict(PAPER_UNET))

@@ -56,7 +56,7 @@ class SDConfig:
     learning_rate: float = 1e-4                 # Unsupervised and Supervised
     pu_learning_rate: float = 1e-5              # PU
     lr_warmup_steps: int = 500
-    adam_weight_decay: float = 1e-2             # torch.optim.AdamW's default, as in utils.training
+    adam_weight_decay: float = 1e-2             # torch.optim.AdamW's default
     max_grad_norm: float = 1.0
     num_inference_steps: int = 50
     guidance_scale: float = 7.5                 # StableDiffusionPipeline's default

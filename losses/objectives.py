@@ -52,7 +52,8 @@ def pu(L, y, beta, correction="abs"):
     if correction == "abs":
         return r_s + r_n.abs()
     if correction == "nn":
-        return -r_n if r_n < 0 else r_s + r_n
+        # torch.where, not a Python `if`: the same value and gradient without a GPU-to-CPU sync per step.
+        return torch.where(r_n < 0, -r_n, r_s + r_n)
     raise ValueError(f"unknown PU correction {correction!r}; use 'abs' or 'nn'")
 
 

@@ -25,7 +25,8 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     args, config = run.args, run.config
     check_eval_args(args.classifier_weights, args.inception_weights)
     accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
-    data = load_pu_data(config, args.data_dir, args.seed)
+    with accelerator.main_process_first():   # one process downloads; the others then read its files
+        data = load_pu_data(config, args.data_dir, args.seed)
     if accelerator.is_main_process:
         print(f"{run.key}: U = {data.split.n_u_normal} normal + {data.split.n_u_sensitive} sensitive, "
               f"S = {data.split.n_s}, test = {len(data.test)}; {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M "

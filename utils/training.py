@@ -179,6 +179,8 @@ def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, corr
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            # Stepped every step, also when the fp16 grad scaler skips one (a handful of early steps):
+            # fused AdamW hides skipped steps from accelerate, and the schedule barely moves meanwhile.
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
