@@ -1,6 +1,6 @@
 """Diagnose what a trained model learned on each part of its PU data: the denoising error L by group.
 
-    python analysis/error_by_group.py runs/sweep/checkpoints/main_Digits_even_PU_0.1_0 [...more]
+    python analysis/error_by_group.py runs/sweep/checkpoints/main_Digits_even_PU_0.1_0 [...more] [--json FILE]
 
 For each checkpoint, rebuilds the run's PU split (same seed and counts), and computes the
 per-sample error L (DESIGN section 2, summed over elements) at fixed timesteps with fixed noise for
@@ -11,8 +11,12 @@ images shows a higher L on S and U-sensitive than on U-normal.
 """
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: import the project
 
 from losses import denoising_error, pu_risks
 from utils.data import load_pu_data

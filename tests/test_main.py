@@ -144,3 +144,21 @@ def test_more_images_than_a_class_holds_exits_2(data_root, tmp_path, capsys):
     (line,) = lines
     assert line.startswith("error: asked for 25000 normal images") and "holds only 60" in line
     assert nothing_written(out)
+
+
+def test_error_by_group_diagnoses_a_finished_run(finished_run):
+    """analysis/error_by_group.py rebuilds the run's split and reports finite errors per group."""
+    import importlib.util
+    import math
+    spec = importlib.util.spec_from_file_location("error_by_group", REPO_ROOT / "analysis" / "error_by_group.py")
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    out, _ = finished_run
+    result = diagnosis.errors_by_group(out / "checkpoints" / KEY)
+    assert result["algorithm"] == "PU" and result["seed"] == 42
+    assert list(result["by_timestep"]) == list(diagnosis.TIMESTEPS)
+    for groups in result["by_timestep"].values():
+        assert set(groups) == {"S", "U_sensitive", "U_normal"}
+        for g in groups.values():
+            assert math.isfinite(g["mean_L"]) and g["mean_L"] > 0
+            assert 0.0 <= g["share_bounded"] <= 1.0
