@@ -71,3 +71,11 @@ def tiny_unet():
     from diffusers import UNet2DModel
     torch.manual_seed(0)
     return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET).eval()
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """A tiny CIFAR10 in torchvision's on-disk format: 3 train and 1 test image per class."""
+    root = tmp_path_factory.mktemp("cifar")
+    WRITERS["CIFAR10"](root, per_class=3, test_per_class=1)
+    return root

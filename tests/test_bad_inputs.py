@@ -70,13 +70,6 @@ def states(finished, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar10(root, per_class=3, test_per_class=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def sd_pipeline(tmp_path_factory):
     return save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd"))
 

@@ -13,19 +13,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from fixtures import write_cifar10
 from tiny_models import load_script, save_tiny_ddpm
 
 CONFIG = "CIFAR10_vehicles"        # normal: classes 0, 1, 8, 9
 COUNTS = ["--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2", "--n_test", "4"]
 IMAGE_SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    write_cifar10(root, per_class=3, test_per_class=1)
-    return root
 
 
 @pytest.fixture(scope="module")
