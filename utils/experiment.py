@@ -42,12 +42,13 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
                                        n_s=data.split.n_s, n_test=len(data.test)),
                             device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
         path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
+        dtype = sampling_dtype(accelerator)
         images = generate(unet, noise_scheduler, sampler=config.sampler, num_samples=GRID_SAMPLES,
                           num_inference_steps=config.num_inference_steps, batch_size=GRID_SAMPLES,
-                          seed=args.seed, dtype=sampling_dtype(accelerator), desc="sample grid")
+                          seed=args.seed, dtype=dtype, desc="sample grid")
         grid = write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
         print(f"saved {path} and {grid}")
         writer.close()
         if args.num_eval_samples != 0:
-            evaluate_run(run, unet, noise_scheduler, data.test, accelerator.device, sampling_dtype(accelerator))
+            evaluate_run(run, unet, noise_scheduler, data.test, accelerator.device, dtype)
     return accelerator, unet, data
