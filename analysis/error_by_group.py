@@ -4,10 +4,11 @@
 
 For each checkpoint, rebuilds the run's PU split (same seed and counts), and computes the
 per-sample error L (DESIGN section 2, summed over elements) at fixed timesteps with fixed noise for
-U-normal, U-sensitive and S images. Prints, per group and timestep, the mean L and the share of
-samples with L < L_BOUNDED (where exp(-L) is large enough for l_S to have a gradient), and the
-batch-level PU risks R_S, R_N over the whole training set. A model that learned to avoid sensitive
-images shows a higher L on S and U-sensitive than on U-normal.
+U-normal, U-sensitive and S images. Prints, per group and timestep, the mean L, the share of
+samples with L < L_BOUNDED, and the mean slope |dl_S/dL| of the bounded term: how hard l_S pushes a
+sample's error up, against a slope of 1 for the L term of a U sample (l_S is flat, its slope near
+exp(-L), once L is large). Also the batch-level PU risks R_S, R_N over the whole training set. A
+model that learned to avoid sensitive images shows a higher L on S and U-sensitive than on U-normal.
 """
 import argparse
 import json
@@ -18,13 +19,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: import the project
 
-from losses import denoising_error, pu_risks
+from losses import bounded_sensitive_loss, denoising_error, pu_risks
 from utils.data import load_pu_data
 from utils.evaluation import load_checkpoint_model, read_checkpoint_record
 
 TIMESTEPS = (10, 200, 500, 800)
 L_BOUNDED = 10.0        # exp(-10) = 4.5e-5: below this error l_S still pushes noticeably
 NOISE_SEED = 1234
+
+
+def bounded_term_slope(L):
+    """|dl_S/dL| per sample, from autograd through the objective's own l_S."""
+    with torch.enable_grad():
+        L = L.detach().requires_grad_()
+        bounded_sensitive_loss(L).sum().backward()
+    return L.grad.abs()
 
 
 @torch.no_grad()
@@ -43,7 +52,9 @@ def errors_by_group(checkpoint):
         noise = torch.randn(x.shape, generator=generator)
         L = denoising_error(unet, scheduler, x, t=torch.full((len(y),), t), noise=noise)
         all_L.append(L)
-        rows[t] = {g: dict(mean_L=L[m].mean().item(), share_bounded=(L[m] < L_BOUNDED).float().mean().item())
+        slope = bounded_term_slope(L)
+        rows[t] = {g: dict(mean_L=L[m].mean().item(), share_bounded=(L[m] < L_BOUNDED).float().mean().item(),
+                           mean_slope_lS=slope[m].mean().item())
                    for g, m in groups.items()}
     r_s, r_n = pu_risks(torch.stack(all_L).mean(0), y.float(), config.true_prior)
     return dict(checkpoint=str(checkpoint), algorithm=record["algorithm"], beta=record["beta"], seed=record["seed"],
@@ -58,10 +69,12 @@ def main():
     results = [errors_by_group(c) for c in args.checkpoints]
     for r in results:
         print(f"\n{r['checkpoint']} ({r['algorithm']}, beta {r['beta']}, seed {r['seed']})")
-        print("| t | " + " | ".join(f"{g} mean L (share L<{L_BOUNDED:g})" for g in r["by_timestep"][TIMESTEPS[0]]) + " |")
+        print("| t | " + " | ".join(f"{g} mean L (share L<{L_BOUNDED:g}; mean |dl_S/dL|)"
+                                    for g in r["by_timestep"][TIMESTEPS[0]]) + " |")
         print("|---" * 4 + "|")
         for t, groups in r["by_timestep"].items():
-            print(f"| {t} | " + " | ".join(f"{v['mean_L']:.1f} ({v['share_bounded']:.2f})" for v in groups.values()) + " |")
+            print(f"| {t} | " + " | ".join(f"{v['mean_L']:.1f} ({v['share_bounded']:.2f}; {v['mean_slope_lS']:.2g})"
+                                           for v in groups.values()) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

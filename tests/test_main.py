@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import main
@@ -146,13 +147,19 @@ def test_more_images_than_a_class_holds_exits_2(data_root, tmp_path, capsys):
     assert nothing_written(out)
 
 
-def test_error_by_group_diagnoses_a_finished_run(finished_run):
-    """analysis/error_by_group.py rebuilds the run's split and reports finite errors per group."""
+def load_diagnosis():
+    """analysis/error_by_group.py as a module (analysis/ is a folder of scripts, not a package)."""
     import importlib.util
-    import math
     spec = importlib.util.spec_from_file_location("error_by_group", REPO_ROOT / "analysis" / "error_by_group.py")
     diagnosis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnosis)
+    return diagnosis
+
+
+def test_error_by_group_diagnoses_a_finished_run(finished_run):
+    """analysis/error_by_group.py rebuilds the run's split and reports finite errors per group."""
+    import math
+    diagnosis = load_diagnosis()
     out, _ = finished_run
     result = diagnosis.errors_by_group(out / "checkpoints" / KEY)
     assert result["algorithm"] == "PU" and result["seed"] == 42
@@ -162,3 +169,13 @@ def test_error_by_group_diagnoses_a_finished_run(finished_run):
         for g in groups.values():
             assert math.isfinite(g["mean_L"]) and g["mean_L"] > 0
             assert 0.0 <= g["share_bounded"] <= 1.0
+            assert math.isfinite(g["mean_slope_lS"]) and g["mean_slope_lS"] >= 0.0
+
+
+def test_bounded_term_slope_is_the_derivative_of_l_S():
+    """The slope the diagnosis reports is |dl_S/dL| = exp(-L) / (1 - exp(-L) + 1e-6): near 1 at
+    L = 0.7, near exp(-L) for large L."""
+    diagnosis = load_diagnosis()
+    L = torch.tensor([0.7, 5.0, 20.0], dtype=torch.float64)
+    expected = torch.exp(-L) / (1 - torch.exp(-L) + 1e-6)
+    assert torch.allclose(diagnosis.bounded_term_slope(L), expected, rtol=1e-9)
