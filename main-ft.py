@@ -12,22 +12,21 @@ from dataclasses import replace
 
 from diffusers import DDIMPipeline
 
-from configs import FINETUNE_CONFIGS, FINETUNE_SAMPLER, get_config, with_overrides
+from configs import FINETUNE_CONFIGS, FINETUNE_SAMPLER, get_config
+from models import IMAGE_CHANNELS
 from models.pretrained import load_pretrained_ddpm
+from utils.cli import add_eval_args, add_pretrained_model, add_run_args
 from utils.errors import UsageError, exits_on_usage_error
 from utils.experiment import run_pixel_experiment
-from utils.run import Run, add_eval_args, add_run_args
-
-IMAGE_CHANNELS = 3
+from utils.run import Run
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser, configs=FINETUNE_CONFIGS, default_config=FINETUNE_CONFIGS[0])
     add_eval_args(parser)
-    parser.add_argument("--pretrained_model",
-                        help="hub id or saved DDPM pipeline folder (default: the config's, google/ddpm-cifar10-32 "
-                             "for CIFAR10 and google/ddpm-celebahq-256 for CelebA)")
+    add_pretrained_model(parser, help="hub id or saved DDPM pipeline folder (default: the config's, "
+                                      "google/ddpm-cifar10-32 for CIFAR10 and google/ddpm-celebahq-256 for CelebA)")
     return parser.parse_args(argv)
 
 
@@ -42,13 +41,13 @@ def check_pretrained_unet(unet, config, source):
 
 @exits_on_usage_error
 def main(args):
-    config = with_overrides(get_config(args.config_name), pretrained_model=args.pretrained_model,
-                            **FINETUNE_SAMPLER)
-    run = Run.from_args(args, prefix="main_ft", config=config)
-    unet, noise_scheduler = load_pretrained_ddpm(run.config.pretrained_model)
-    check_pretrained_unet(unet, run.config, run.config.pretrained_model)
-    # The run record states the schedule actually trained with: the pretrained model's.
-    run.config = replace(run.config, num_train_timesteps=noise_scheduler.config.num_train_timesteps)
+    config = get_config(args.config_name)
+    source = args.pretrained_model or config.pretrained_model
+    unet, noise_scheduler = load_pretrained_ddpm(source)
+    # The base of the run: the config with main-ft's sampler and the pretrained model's own schedule.
+    base = replace(config, num_train_timesteps=noise_scheduler.config.num_train_timesteps, **FINETUNE_SAMPLER)
+    run = Run.resolve(args, "main_ft", args.config_name, base, pretrained_model=source)
+    check_pretrained_unet(unet, run.config, source)
     run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
 
 

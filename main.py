@@ -6,11 +6,13 @@ import argparse
 
 from diffusers import DDPMPipeline
 
-from configs import SCRATCH_CONFIGS
+from configs import get_config
 from models import build_noise_scheduler, build_unet
+from utils.cli import add_eval_args, add_run_args
+from utils.data import SCRATCH_CONFIGS
 from utils.errors import exits_on_usage_error
 from utils.experiment import run_pixel_experiment
-from utils.run import Run, add_eval_args, add_run_args, seed_everything
+from utils.run import Run, seed_everything
 
 
 def parse_args(argv=None):
@@ -22,8 +24,8 @@ def parse_args(argv=None):
 
 @exits_on_usage_error
 def main(args):
-    run = Run.from_args(args, prefix="main")
-    seed_everything(args.seed)   # torch's default seed differs per process: the initial weights follow --seed
+    run = Run.resolve(args, "main", args.config_name, get_config(args.config_name))
+    seed_everything(run.seed)   # torch's default seed differs per process: the initial weights follow --seed
     unet = build_unet(run.config)
     run_pixel_experiment(run, unet, build_noise_scheduler(run.config), DDPMPipeline)
 

@@ -16,8 +16,11 @@ from tqdm.auto import tqdm
 
 from configs.sd import SD_CONFIG
 from models.pretrained import load_stable_diffusion
+from utils.cli import (add_num_inference_steps, add_output_dir, add_pretrained_model, non_negative_int, positive_int,
+                       seed_value)
 from utils.errors import UsageError, exits_on_usage_error
-from utils.run import non_negative_int, positive_int, write_file_atomically
+from utils.files import write_file_atomically
+from utils.sampling import sampling_precision
 from utils.sd import check_resolution
 
 DEFAULT_SEED = 0
@@ -26,16 +29,14 @@ DEFAULT_BATCH_SIZE = 8
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained_model", default=SD_CONFIG.pretrained_model,
-                        help="hub id or pipeline folder (default: %(default)s)")
-    parser.add_argument("--output_dir", default=SD_CONFIG.data_dir,
-                        help="receives the two subfolders (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    add_pretrained_model(parser, default=SD_CONFIG.pretrained_model)
+    add_output_dir(parser, default=SD_CONFIG.data_dir, help="receives the two subfolders (default: %(default)s)")
+    parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED,
                         help="base seed of the per-image generators (default: %(default)s)")
     parser.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="images per pipeline call (default: %(default)s)")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=SD_CONFIG.num_inference_steps,
-                        help="denoising steps per image (default: %(default)s)")
+    add_num_inference_steps(parser, default=SD_CONFIG.num_inference_steps,
+                            help="denoising steps per image (default: %(default)s)")
     parser.add_argument("--resolution", type=positive_int,
                         help="image size (default: the pipeline's own, 512 for v1-4)")
     for part in SD_CONFIG.data_parts:
@@ -69,8 +70,8 @@ def main(args):
     pipe = load_stable_diffusion(args.pretrained_model)
     if args.resolution:
         check_resolution(pipe, args.resolution)
-    cuda = torch.cuda.is_available()
-    pipe.to("cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32)
+    device, dtype = sampling_precision()
+    pipe.to(device, dtype or torch.float32)
     pipe.set_progress_bar_config(disable=True)
     for folder in {p.folder for p in parts}:
         (root / folder).mkdir(parents=True, exist_ok=True)

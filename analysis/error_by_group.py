@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script
 
 from losses import bounded_sensitive_loss, denoising_error, pu_risks
 from utils.data import load_pu_data
-from utils.evaluation import load_checkpoint_model, read_checkpoint_record
+from utils.evaluation import load_checkpoint_model, read_checkpoint_run
 
 TIMESTEPS = (10, 200, 500, 800)
 L_BOUNDED = 10.0        # exp(-10) = 4.5e-5: below this error l_S still pushes noticeably
@@ -38,7 +38,8 @@ def bounded_term_slope(L):
 
 @torch.no_grad()
 def errors_by_group(checkpoint):
-    record, _, config = read_checkpoint_record(checkpoint)
+    run, record = read_checkpoint_run(checkpoint, root=".")
+    config = run.config
     unet, scheduler = load_checkpoint_model(checkpoint, "cpu")
     data = load_pu_data(config, record["args"].get("data_dir", "datasets"), record["seed"])
     x, y = data.train.images, data.train.labels

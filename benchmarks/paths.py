@@ -14,10 +14,10 @@ import torch
 
 from benchmarks import measure
 from benchmarks.synthetic_mnist import write_mnist
-from utils.data import PUDataset, image_transform, load_dataset, materialize, place_on_device
+from configs import DEFAULT_BETA
+from utils.data import LabeledSubset, image_transform, load_dataset, materialize, place_on_device
 from utils.errors import UsageError
-from utils.run import DEFAULT_BETA
-from utils.training import make_loader, train
+from utils.training import TrainingSpec, make_train_loader, train
 
 SYNTHETIC_TEST_IMAGES = 10   # torchvision's MNIST wants a test split; the benchmark never reads it
 
@@ -39,7 +39,7 @@ def per_item_views(config, args, folder):
     indices = np.resize(rng.permutation(len(base)), long)     # repeats when the split is smaller
     s_share = config.n_s / (config.n_sensitive_drawn + config.n_u_normal)
     labels = (rng.random(long) < s_share).astype(np.int64)
-    return PUDataset(base, indices[:short], labels[:short]), PUDataset(base, indices, labels), source
+    return LabeledSubset(base, indices[:short], labels[:short]), LabeledSubset(base, indices, labels), source
 
 
 def timed_train(accelerator, model, noise_scheduler, dataset, config, args):
@@ -51,16 +51,16 @@ def timed_train(accelerator, model, noise_scheduler, dataset, config, args):
 
     def run():
         with contextlib.redirect_stdout(sys.stderr):   # the loop's progress lines; stdout is the JSON
-            return train(accelerator, model, noise_scheduler, dataset, algorithm=args.algorithm, beta=DEFAULT_BETA,
-                         correction="abs", config=config, seed=args.seed, channels_last=args.channels_last,
-                         data_on_device=args.data_on_device, compile_model=args.compile)
+            spec = TrainingSpec(config, args.algorithm, DEFAULT_BETA, seed=args.seed, channels_last=args.channels_last,
+                                compile=args.compile, data_on_device=args.data_on_device)
+            return train(accelerator, model, noise_scheduler, dataset, spec)
     return measure.timed(accelerator.device, run)
 
 
 def timed_loader(dataset, device, args, batch):
     """Seconds to draw every batch of `dataset` onto `device` with the loop's loader and no model."""
     def run():
-        for x, y in make_loader(place_on_device(dataset, device, args.data_on_device), batch, args.seed):
+        for x, y in make_train_loader(place_on_device(dataset, device, args.data_on_device), batch, args.seed):
             x.to(device), y.to(device)
     return measure.timed(device, run)[1]
 

@@ -27,14 +27,13 @@ from accelerate import Accelerator  # noqa: E402
 
 from benchmarks import measure  # noqa: E402
 from benchmarks.paths import per_item_views, time_training  # noqa: E402
-from configs import ALGORITHMS, DIGITS_UNET, SCRATCH_CONFIGS, get_config, with_overrides  # noqa: E402
-from losses import get_objective  # noqa: E402
+from configs import DEFAULT_BETA, DIGITS_UNET, get_config, with_overrides  # noqa: E402
+from losses import ALGORITHMS, get_objective  # noqa: E402
 from models import build_noise_scheduler, build_unet  # noqa: E402
-from utils.data import DATA_ON_DEVICE  # noqa: E402
+from utils.cli import MIXED_PRECISION, batch_size_or_auto, positive_int  # noqa: E402
+from utils.data import DATA_ON_DEVICE, SCRATCH_CONFIGS  # noqa: E402
 from utils.errors import UsageError, exits_on_usage_error  # noqa: E402
-from utils.experiment import sampling_dtype  # noqa: E402
-from utils.run import DEFAULT_BETA, MIXED_PRECISION, batch_size_or_auto, positive_int  # noqa: E402
-from utils.sampling import AUTO, generate, resolve_eval_batch_size  # noqa: E402
+from utils.sampling import AUTO, generate, resolve_eval_batch_size, sampling_precision  # noqa: E402
 from utils.training import make_accelerator  # noqa: E402
 
 
@@ -53,7 +52,7 @@ def parse_args(argv=None):
                    help="sampling batch: a number or auto, as the scripts' --eval_batch_size")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data_dir", help="data root with the real files (default: synthetic MNIST)")
-    p.add_argument("--algorithm", default="PU", choices=ALGORITHMS)
+    p.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="default: fp16 on CUDA, no on CPU")
     speed = p.add_argument_group("the scripts' speed options (utils.run), for both paths")
@@ -142,7 +141,7 @@ def main(args):
 
 def sample(model, noise_scheduler, config, args, accelerator, flops_per_step, peak):
     """Images/s of utils.sampling.generate at --sample_steps, after a one-step warm-up."""
-    device, dtype = accelerator.device, sampling_dtype(accelerator)
+    device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
     n = args.sample_images or config.batch_size
     batch = resolve_eval_batch_size(args.eval_batch_size, model, num_samples=n, dtype=dtype)
     common = dict(sampler=config.sampler, batch_size=batch, seed=args.seed, dtype=dtype)

@@ -1,11 +1,13 @@
 """The training objectives of PUDM (DESIGN section 2), in two levels.
 
 `denoising_error` turns a model and clean inputs into the per-sample error L [B]; the objectives
-`unsupervised`, `supervised` and `pu` are pure functions of (L [B], y [B], beta) -> scalar, where
+`unsupervised`, `supervised` and `pu` are pure functions of (L [B], y [B], beta, correction) -> scalar,
+listed in the `ALGORITHMS` table, where
 y = 1 marks a labeled sensitive sample (S) and y = 0 an unlabeled one (U).
 """
 from .denoising import denoising_error
-from .objectives import OBJECTIVES, bounded_sensitive_loss, get_objective, pu, pu_risks, supervised, unsupervised
+from .objectives import (ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS, Algorithm, bounded_sensitive_loss,
+                         get_algorithm, get_objective, pu, pu_risks, supervised, unsupervised)
 
-__all__ = ["denoising_error", "OBJECTIVES", "get_objective", "bounded_sensitive_loss", "pu_risks",
-           "unsupervised", "supervised", "pu"]
+__all__ = ["denoising_error", "ALGORITHMS", "Algorithm", "get_algorithm", "get_objective", "PU_CORRECTIONS",
+           "DEFAULT_CORRECTION", "bounded_sensitive_loss", "pu_risks", "unsupervised", "supervised", "pu"]

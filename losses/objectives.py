@@ -1,9 +1,16 @@
-"""Unsupervised, Supervised and PU objectives: pure functions of (L [B], y [B], beta) -> scalar.
+"""Unsupervised, Supervised and PU objectives, pure functions of (L [B], y [B], beta, correction) -> scalar,
+and `ALGORITHMS`, the one table that names them.
 
 y = 1 marks labeled sensitive samples (S), y = 0 unlabeled ones (U). Each objective is minimised.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+# The non-negativity corrections of R_N; abs is the paper's default (DESIGN section 2).
+PU_CORRECTIONS = ("abs", "nn")
+DEFAULT_CORRECTION = "abs"
 # Keeps -log(1 - exp(-L) + eps) finite as L -> 0 (DESIGN section 2).
 BOUNDED_LOSS_EPS = 1e-6
 
@@ -17,13 +24,15 @@ def bounded_sensitive_loss(L):
     return -torch.log(-torch.expm1(-L) + BOUNDED_LOSS_EPS)
 
 
-def unsupervised(L, y, beta=0.0):
-    """Standard DDPM training on U only: sum((1 - y) * L) / B. S samples contribute 0."""
+def unsupervised(L, y, beta=0.0, correction=None):
+    """Standard DDPM training on U only: sum((1 - y) * L) / B. S samples contribute 0; beta and the
+    correction are unused (every objective takes the same arguments)."""
     return ((1 - y) * L).sum() / L.shape[0]
 
 
-def supervised(L, y, beta=0.0):
-    """Treat U as normal and S as sensitive: sum((1 - y) * L + y * l_S(L)) / B."""
+def supervised(L, y, beta=0.0, correction=None):
+    """Treat U as normal and S as sensitive: sum((1 - y) * L + y * l_S(L)) / B; beta and the
+    correction are unused."""
     return ((1 - y) * L + y * bounded_sensitive_loss(L)).sum() / L.shape[0]
 
 
@@ -41,7 +50,7 @@ def pu_risks(L, y, beta):
     return r_s, r_n
 
 
-def pu(L, y, beta, correction="abs"):
+def pu(L, y, beta, correction=DEFAULT_CORRECTION):
     """The proposed PU objective R_S + R_N with a non-negativity correction on R_N.
 
     abs (default): R_S + |R_N|. nn: -R_N when R_N < 0 (climb back to R_N >= 0), else R_S + R_N.
@@ -54,16 +63,34 @@ def pu(L, y, beta, correction="abs"):
     if correction == "nn":
         # torch.where, not a Python `if`: the same value and gradient without a GPU-to-CPU sync per step.
         return torch.where(r_n < 0, -r_n, r_s + r_n)
-    raise ValueError(f"unknown PU correction {correction!r}; use 'abs' or 'nn'")
+    raise ValueError(f"unknown PU correction {correction!r}; valid: {', '.join(PU_CORRECTIONS)}")
 
 
-OBJECTIVES = {"Unsupervised": unsupervised, "Supervised": supervised, "PU": pu}
+@dataclass(frozen=True)
+class Algorithm:
+    """One training algorithm: its objective (L [B], y [B], beta, correction) -> scalar, and whether
+    it uses the class prior beta (runs of the others record beta as 0.0)."""
+
+    objective: Callable
+    uses_beta: bool
 
 
-def get_objective(algorithm, beta, correction="abs"):
-    """The objective for `algorithm` as a function of (L, y); beta is bound (0 for non-PU)."""
-    if algorithm not in OBJECTIVES:
-        raise KeyError(f"unknown algorithm {algorithm!r}; valid: {', '.join(OBJECTIVES)}")
-    if algorithm == "PU":
-        return lambda L, y: pu(L, y, beta, correction)
-    return lambda L, y: OBJECTIVES[algorithm](L, y)
+# The single table of algorithms: argparse choices, run keys and the report's row order come from it.
+ALGORITHMS = {
+    "Unsupervised": Algorithm(unsupervised, uses_beta=False),
+    "Supervised": Algorithm(supervised, uses_beta=False),
+    "PU": Algorithm(pu, uses_beta=True),
+}
+
+
+def get_algorithm(name):
+    """The registered algorithm `name`; a KeyError listing the valid names otherwise."""
+    if name not in ALGORITHMS:
+        raise KeyError(f"unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def get_objective(algorithm, beta, correction=DEFAULT_CORRECTION):
+    """The objective of `algorithm` as a function of (L, y), with beta and the correction bound."""
+    objective = get_algorithm(algorithm).objective
+    return lambda L, y: objective(L, y, beta, correction)

@@ -9,19 +9,14 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
+from utils.files import PIPELINE_INDEX
 
 # diffusers finds a pipeline part in its subfolder or, for older repos such as google/ddpm-*, at the root.
 CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
                 "scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json"}
 DDPM_PARTS = ("unet", "scheduler")
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-PIPELINE_INDEX = "model_index.json"
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_source(source, what, parts=(), index=None):
@@ -52,7 +47,7 @@ def _load(what, source, load):
     try:
         return load()
     except (OSError, ValueError) as e:   # what transformers and diffusers raise for missing or bad files
-        raise UsageError(f"could not load {what} {source!r} ({_first_line(e)}); pass a local folder "
+        raise UsageError(f"could not load {what} {source!r} ({first_line(e)}); pass a local folder "
                          f"or run once with network access so the hub copy is cached")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configs import get_config, with_overrides
-from utils.data import PUDataset, image_transform, load_dataset, load_pu_data, materialize, pu_split
+from utils.data import LabeledSubset, image_transform, load_dataset, load_pu_data, materialize, pu_split
 from utils.data import test_indices as normal_test_indices   # renamed so pytest does not collect it
 from utils.errors import UsageError
 
@@ -100,7 +100,7 @@ def test_pu_labels_are_not_written_into_the_dataset(tiny):
     base, targets = load_dataset(tiny.config, tiny.root, train=True, transform=image_transform(tiny.config))
     before, targets_before = base_targets(base), targets.copy()
     split = pu_split(targets, tiny.config, seed=0)
-    view = PUDataset(base, split.indices, split.labels)
+    view = LabeledSubset(base, split.indices, split.labels)
     train = materialize(view)
     assert np.array_equal(base_targets(base), before)
     assert np.array_equal(targets, targets_before)

@@ -13,10 +13,10 @@ from benchmarks.synthetic_mnist import write_mnist as write_synthetic_mnist
 from configs import get_config, with_overrides
 from fixtures import TINY_UNET, write_mnist
 from models import build_noise_scheduler
-from utils.data import (DEVICE_DATA_SHARE, PUDataset, TensorPUDataset, fits_on_device, image_transform,
+from utils.data import (DEVICE_DATA_SHARE, LabeledSubset, TensorPUDataset, fits_on_device, image_transform,
                         load_dataset, materialize, place_on_device)
 from utils.errors import UsageError
-from utils.training import make_accelerator, make_loader, train
+from utils.training import TrainingSpec, make_accelerator, make_train_loader, train
 
 MNIST_PER_CLASS = 4          # 40 training images
 BATCH = 6                    # does not divide 40: the last batch is partial
@@ -33,7 +33,7 @@ def mnist(tmp_path_factory):
     base, targets = load_dataset(config, root, train=True, transform=image_transform(config))
     indices = np.random.default_rng(0).permutation(len(base))
     labels = (targets[indices] % 2).astype(np.int64)          # any PU labels will do
-    per_item = PUDataset(base, indices, labels)
+    per_item = LabeledSubset(base, indices, labels)
     return config, root, per_item, materialize(per_item)
 
 
@@ -61,7 +61,7 @@ def test_materialized_mnist_equals_the_per_item_transforms(mnist):
 def test_materialized_digits_equal_the_per_item_items():
     config = get_config("Digits_even")
     base, _ = load_dataset(config, None, train=True)
-    view = PUDataset(base, np.arange(0, 60, 3), np.arange(20) % 2)
+    view = LabeledSubset(base, np.arange(0, 60, 3), np.arange(20) % 2)
     tensors = materialize(view)
     assert torch.equal(tensors.images, torch.stack([view[i][0] for i in range(len(view))]))
     assert tensors.labels.tolist() == [view[i][1] for i in range(len(view))]
@@ -72,9 +72,9 @@ def test_batched_loader_yields_the_per_item_loaders_batches(mnist):
     _, _, per_item, tensors = mnist
     plain = DataLoader(per_item, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(7))
     expected = all_batches(plain)
-    assert_same_batches(all_batches(make_loader(tensors, BATCH, seed=7)), expected)
+    assert_same_batches(all_batches(make_train_loader(tensors, BATCH, seed=7)), expected)
     assert expected[-1][0].shape[0] == len(per_item) % BATCH
-    other_seed = all_batches(make_loader(tensors, BATCH, seed=8))
+    other_seed = all_batches(make_train_loader(tensors, BATCH, seed=8))
     assert any(not torch.equal(x, x_ref) for (x, _), (x_ref, _) in zip(other_seed, expected))
 
 
@@ -83,7 +83,7 @@ def test_prepared_loader_keeps_the_order(mnist):
     _, _, per_item, tensors = mnist
     accelerator = make_accelerator()
     plain = DataLoader(per_item, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
-    assert_same_batches(all_batches(accelerator.prepare(make_loader(tensors, BATCH, seed=3))), all_batches(plain))
+    assert_same_batches(all_batches(accelerator.prepare(make_train_loader(tensors, BATCH, seed=3))), all_batches(plain))
 
 
 def test_fits_on_device():
@@ -129,8 +129,8 @@ def test_train_returns_the_module_it_was_given(bf16_accelerator):
     config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
     data = TensorPUDataset(torch.rand(8, 3, 8, 8) * 2 - 1, torch.tensor([0, 1] * 4))
-    trained = train(bf16_accelerator, unet, build_noise_scheduler(config), data, algorithm="PU", beta=0.1,
-                    correction="abs", config=config, seed=0, data_on_device="yes")
+    trained = train(bf16_accelerator, unet, build_noise_scheduler(config), data,
+                    TrainingSpec(config, "PU", 0.1, correction="abs", seed=0, data_on_device="yes"))
     assert trained is unet
     assert "_original_forward" not in vars(trained), "accelerate's autocast patch was left on forward"
     assert trained.forward.__func__ is UNet2DModel.forward

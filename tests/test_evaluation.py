@@ -26,13 +26,15 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import evaluate  # noqa: E402
 from configs import get_config, with_overrides  # noqa: E402
-from utils.classifier import (CLASSIFIER_SEED, Recipe, SensitivityClassifier, accuracy, build_classifier,  # noqa: E402
+from utils.classifier import (CLASSIFIER_SEED, SensitivityClassifier, accuracy, build_classifier,  # noqa: E402
                               cache_path, labeled_split, load_or_train_classifier, predict_normal,
                               train_classifier)
-from utils.evaluation import config_from_record, result_key  # noqa: E402
+from utils.data import Recipe  # noqa: E402
+from utils.evaluation import config_from_record  # noqa: E402
 from utils.metrics import (ClassifierFeatures, frechet_distances, frechet_metric,  # noqa: E402
                            inception_metric_or_reason, non_sensitive_rate)
 from utils.report import build_tables, load_results  # noqa: E402
+from utils.run import Run  # noqa: E402
 
 DIGITS = "Digits_even"
 KEY = "main_Digits_even_PU_0.1_42"
@@ -224,8 +226,10 @@ def test_config_survives_the_json_round_trip_of_run_config():
 
 def test_result_key_is_tagged_only_when_steps_differ_from_the_config():
     config = get_config(DIGITS)
-    assert result_key(KEY, config, config.num_inference_steps) == KEY
-    assert result_key(KEY, config, 7) == f"{KEY}_steps7"
+    run = Run(script="main", config_name=DIGITS, config=config, algorithm="PU", beta=0.1, seed=42,
+              pu_correction="abs", root=Path("."))
+    assert run.result_key(config.num_inference_steps) == KEY
+    assert run.result_key(7) == f"{KEY}_steps7"
 
 
 @pytest.fixture(scope="module")

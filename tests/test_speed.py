@@ -8,7 +8,7 @@ import torch
 
 from configs import get_config
 from models import build_noise_scheduler
-from utils.run import add_run_args, batch_size_or_auto
+from utils.cli import add_run_args, batch_size_or_auto
 from utils.sampling import AUTO, CPU_EVAL_PIXELS, generate, largest_fitting, resolve_eval_batch_size
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
+from utils.files import replace_dir
 
 STATE_SUFFIX = ".state"                     # checkpoints/{key}.state holds the run's training states
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -28,8 +29,6 @@ TRAINING_STATE_FILE = "training_state.json"
 LATEST = "latest"
 # Config fields that only change sampling or evaluation; every other field must match to resume.
 SAMPLING_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size")
-# Checked when training starts only: main-ft.py takes it from the pretrained model after parsing.
-RESOLVED_LATER = ("num_train_timesteps",)
 # What accelerate's save_state writes for one model, optimizer, registered schedule and progress.
 STATE_FILES = ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
                "random_states_0.pkl")
@@ -111,10 +110,12 @@ def check_settings(path, now):
                              f"resume with the same settings")
 
 
-def training_settings(config, correction):
-    """What must not change between a run and its resume: the config's training fields and the correction."""
+def training_settings(config, correction, num_processes, mixed_precision):
+    """What must not change between a run and its resume: the config's training fields, the correction,
+    the process count (it shapes the shards) and the precision."""
     settings = {k: v for k, v in config.to_dict().items() if k not in SAMPLING_FIELDS}
-    return json.loads(json.dumps(dict(settings, pu_correction=correction)))
+    return json.loads(json.dumps(dict(settings, pu_correction=correction, num_processes=num_processes,
+                                      mixed_precision=mixed_precision)))
 
 
 @dataclass
@@ -129,13 +130,13 @@ class Checkpointing:
     fresh: bool = False          # --overwrite without a resume: the old run's states go first
 
     @classmethod
-    def from_args(cls, args, checkpoint_dir, key, config):
-        """Resolve the checkpointing arguments; UsageError (before anything is written) when they conflict."""
+    def from_args(cls, args, checkpoint_dir, key, settings):
+        """Resolve the checkpointing arguments against the run's `training_settings`; UsageError (before
+        anything is written) when they conflict or the state to resume was made with other settings."""
         state_dir = state_dir_for(checkpoint_dir)
         resume = resolve_resume(getattr(args, "resume_from_checkpoint", None), state_dir, key)
         if resume is not None:
-            settings = training_settings(config, getattr(args, "pu_correction", None))
-            check_settings(resume, {k: v for k, v in settings.items() if k not in RESOLVED_LATER})
+            check_settings(resume, settings)
         overwrite = getattr(args, "overwrite", False)
         if resume is None and list_checkpoints(state_dir) and not overwrite:
             raise UsageError(f"{state_dir} holds training states of an unfinished run; pass "
@@ -147,8 +148,9 @@ class Checkpointing:
     def due(self, step):
         return self.every is not None and step % self.every == 0
 
-    def start(self, accelerator, progress, settings):
-        """Clear what --overwrite replaces and half-written saves, then load the state to resume from."""
+    def start(self, accelerator, progress):
+        """Clear what --overwrite replaces and half-written saves, then load the state to resume from
+        (its settings were checked when the run was resolved)."""
         if accelerator.is_main_process:
             if self.fresh:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -157,13 +159,11 @@ class Checkpointing:
         accelerator.wait_for_everyone()
         if self.resume is None:
             return
-        check_settings(self.resume, settings)
         split = progress.split
         try:
             accelerator.load_state(str(self.resume))
         except Exception as e:   # a damaged file: safetensors, pickle and torch.load raise their own kinds
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise UsageError(f"cannot load the training state {self.resume} ({type(e).__name__}: {reason}); resume "
+            raise UsageError(f"cannot load the training state {self.resume} ({type(e).__name__}: {first_line(e, '')}); resume "
                              f"from another state under {self.state_dir} or start over with --overwrite") from e
         saved = progress.split
         if split is not None and (saved is None or not all(torch.equal(split[k], saved[k]) for k in split)):
@@ -188,7 +188,6 @@ class Checkpointing:
             record = dict(key=self.key, step=progress.step, epoch=progress.epoch + 1, batch=progress.batch,
                           settings=settings)
             (tmp / TRAINING_STATE_FILE).write_text(json.dumps(record, indent=2))
-            from utils.run import replace_dir   # here, not at the top: utils.run imports this module
             replace_dir(tmp, final)
             states = list_checkpoints(self.state_dir)
             for old in states[:-self.total_limit] if self.total_limit else ():

@@ -4,12 +4,12 @@ One binary classifier per config, trained on the fully labeled train split of th
 one of `config.normal_classes`, 0 = sensitive) at `config.classifier_size`, and cached with its
 held-out accuracy on the test split (both classes) under `checkpoints/classifiers/`. MNIST and the
 digits get a small CNN trained from scratch; CIFAR10, STL10 and CelebA a torchvision ResNet-18
-fine-tuned from ImageNet weights with random horizontal flips. Every classifier takes images in
+fine-tuned from ImageNet weights with random horizontal flips (each dataset's recipe: utils.data.DATASETS). Every classifier takes images in
 [0, 1] at any size and resizes them itself, so generated samples and dataset images take one path.
 """
 import pickle
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from utils.data import PUDataset, image_transform, load_dataset
-from utils.errors import UsageError
-from utils.run import write_file_atomically
+from utils.data import LabeledSubset, dataset_spec, image_transform, load_dataset
+from utils.errors import UsageError, first_line
+from utils.files import write_file_atomically
 
 # One judge per config whatever the seed of the run it judges, so results over seeds stay comparable.
 CLASSIFIER_SEED = 0
@@ -32,27 +32,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 UNIT_TO_SYMMETRIC = ((0.5,) * 3, (0.5,) * 3)   # [0, 1] -> [-1, 1] for the CNN
 LOADER_WORKERS_CUDA = 8                   # image decoding keeps up with a GPU; on CPU the main process loads
 PREDICT_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a dataset's classifier is built and trained."""
-
-    arch: str               # cnn | resnet18
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    flip: bool              # random horizontal flips (natural images; never digits)
-
-
-RECIPES = {
-    # 98-99% held-out accuracy on either digits split in about 10 s on one CPU core.
-    "Digits": Recipe("cnn", epochs=10, batch_size=32, learning_rate=2e-3, flip=False),
-    "MNIST": Recipe("cnn", epochs=5, batch_size=128, learning_rate=2e-3, flip=False),
-    "CIFAR10": Recipe("resnet18", epochs=3, batch_size=128, learning_rate=1e-4, flip=True),
-    "STL10": Recipe("resnet18", epochs=10, batch_size=64, learning_rate=1e-4, flip=True),
-    "CelebA": Recipe("resnet18", epochs=2, batch_size=128, learning_rate=1e-4, flip=True),
-}
 
 
 class SensitivityClassifier(nn.Module):
@@ -105,9 +84,9 @@ def load_imagenet_resnet18(weights_path):
     except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
         if weights_path:
             raise UsageError(f"--classifier_weights {weights_path} is not a torchvision ResNet-18 state dict "
-                             f"({str(e).splitlines()[0]}); pass resnet18-f37072fd.pth or leave it out")
+                             f"({first_line(e)}); pass resnet18-f37072fd.pth or leave it out")
         print(f"note: ImageNet weights for the ResNet-18 classifier could not be downloaded "
-              f"({str(e).splitlines()[0]}); training it from scratch instead, so it judges less well. "
+              f"({first_line(e)}); training it from scratch instead, so it judges less well. "
               f"Pass --classifier_weights resnet18-f37072fd.pth to fine-tune as the paper does.")
         return None
     return model
@@ -140,10 +119,11 @@ def labeled_split(config, data_dir, train):
     sized = replace(config, image_size=config.classifier_size)
     base, targets = load_dataset(sized, data_dir, train=train, transform=image_transform(sized, to_unit_range=True))
     labels = np.isin(targets, config.normal_classes).astype(np.int64)
-    return PUDataset(base, np.arange(len(labels)), labels)
+    return LabeledSubset(base, np.arange(len(labels)), labels)
 
 
-def make_loader(dataset, batch_size, device, shuffle=False, seed=CLASSIFIER_SEED):
+def classifier_loader(dataset, batch_size, device, shuffle=False, seed=CLASSIFIER_SEED):
+    """Batches of (image, label) for training or running a classifier; decoded by workers on CUDA."""
     workers = LOADER_WORKERS_CUDA if device.type == "cuda" else 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")
@@ -159,7 +139,7 @@ def accuracy(model, dataset, device, batch_size=PREDICT_BATCH):
     """Share of `dataset`'s (image, label) pairs that `model` labels correctly."""
     model.eval()
     correct = 0
-    for x, y in tqdm(make_loader(dataset, batch_size, device), desc="classifier accuracy", leave=False):
+    for x, y in tqdm(classifier_loader(dataset, batch_size, device), desc="classifier accuracy", leave=False):
         with autocast(device):
             correct += ((model(x.to(device)) > 0).long().cpu() == y).sum().item()
     return correct / len(dataset)
@@ -170,7 +150,7 @@ def train_classifier(model, dataset, recipe, device, seed=CLASSIFIER_SEED):
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate)
     flips = torch.Generator().manual_seed(seed)
-    loader = make_loader(dataset, recipe.batch_size, device, shuffle=True, seed=seed)
+    loader = classifier_loader(dataset, recipe.batch_size, device, shuffle=True, seed=seed)
     # Cosine decay to zero: the last epochs settle, so the cached judge does not hinge on the final step.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * len(loader))
     bar = tqdm(total=recipe.epochs * len(loader), desc="training the sensitivity classifier")
@@ -228,7 +208,7 @@ def load_or_train_classifier(config_name, config, data_dir, output_dir, device, 
     """
     check_classifier_weights(weights_path)
     device = torch.device(device)
-    recipe = RECIPES[config.dataset]
+    recipe = dataset_spec(config.dataset).classifier
     inits = ["scratch"] if recipe.arch == "cnn" else ["imagenet"] if weights_path else ["imagenet", "scratch"]
     for init in inits:
         path = cache_path(output_dir, config_name, config, recipe.arch, init, seed)

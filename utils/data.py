@@ -9,6 +9,7 @@ since redoing them per item per epoch would make the loop data-bound.
 import os
 import pickle
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from utils.errors import UsageError
+from configs import CONFIGS
+from utils.errors import UsageError, first_line
 
 CELEBA_MALE_ATTR = 20       # index of "Male" among CelebA's 40 attributes
 DIGITS_TRAIN_SIZE = 1500    # scikit-learn's digits: the first 1500 images are the train split
@@ -72,19 +74,93 @@ class Digits(Dataset):
         return (self.transform(x) if self.transform else x), self.targets[i]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a dataset's sensitivity classifier is built and trained (utils.classifier)."""
+
+    arch: str               # cnn | resnet18
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    flip: bool              # random horizontal flips (natural images; never digits)
+
+
+def load_digits(data_dir, train, transform, image_size):
+    ds = Digits(train=train, image_size=image_size, transform=transform)
+    return ds, np.asarray(ds.targets)
+
+
+def load_mnist(data_dir, train, transform, image_size):
+    ds = tvd.MNIST(data_dir, train=train, transform=transform, download=True)
+    return ds, ds.targets.numpy()
+
+
+def load_cifar10(data_dir, train, transform, image_size):
+    ds = CIFAR10(data_dir, train=train, transform=transform, download=True)
+    return ds, np.asarray(ds.targets)
+
+
+def load_stl10(data_dir, train, transform, image_size):
+    ds = STL10(data_dir, split="train" if train else "test", transform=transform, download=True)
+    return ds, np.asarray(ds.labels)
+
+
+def load_celeba(data_dir, train, transform, image_size):
+    ds = CelebA(data_dir, split="train" if train else "test", target_type=[], transform=transform, download=True)
+    return ds, ds.attr[:, CELEBA_MALE_ATTR].numpy()
+
+
+def no_steps(image_size):
+    return []   # the digits are tensors in [0, 1] at the config's size already
+
+
+def grayscale_resized(image_size):
+    return [T.Grayscale(3), T.Resize(image_size, antialias=True), T.ToTensor()]
+
+
+def as_is(image_size):
+    return [T.ToTensor()]
+
+
+def resized_center_crop(image_size):
+    # Aligned CelebA is 178 x 218: resize the short side, then crop the centre to a square.
+    return [T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToTensor()]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the code knows about one dataset; its configs (configs/) add the numbers of a split."""
+
+    load: Callable          # (data_dir, train, transform, image_size) -> (dataset, int64 class ids)
+    transform: Callable     # image_size -> the deterministic steps that give a [0, 1] tensor (DESIGN section 3)
+    classifier: Recipe      # the sensitivity classifier's recipe
+    from_scratch: bool      # main.py trains on it (DESIGN section 3); CelebA is only fine-tuned
+
+
+# The one dataset table: a new dataset is an entry here plus its lines in configs/.
+DATASETS = {
+    # 98-99% held-out classifier accuracy on either digits split in about 10 s on one CPU core.
+    "Digits": DatasetSpec(load_digits, no_steps, Recipe("cnn", 10, 32, 2e-3, flip=False), from_scratch=True),
+    "MNIST": DatasetSpec(load_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False), from_scratch=True),
+    "CIFAR10": DatasetSpec(load_cifar10, as_is, Recipe("resnet18", 3, 128, 1e-4, flip=True), from_scratch=True),
+    "STL10": DatasetSpec(load_stl10, as_is, Recipe("resnet18", 10, 64, 1e-4, flip=True), from_scratch=True),
+    "CelebA": DatasetSpec(load_celeba, resized_center_crop, Recipe("resnet18", 2, 128, 1e-4, flip=True),
+                          from_scratch=False),
+}
+# The configs main.py supports.
+SCRATCH_CONFIGS = tuple(name for name, c in CONFIGS.items() if DATASETS[c.dataset].from_scratch)
+
+
+def dataset_spec(name):
+    """The table entry of dataset `name`; a KeyError listing the known ones otherwise."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def image_transform(config, to_unit_range=False):
     """The paper's deterministic transforms; training images end in [-1, 1], test images in [0, 1]."""
-    if config.dataset == "Digits":
-        steps = []
-    elif config.dataset == "MNIST":
-        steps = [T.Grayscale(3), T.Resize(config.image_size, antialias=True), T.ToTensor()]
-    elif config.dataset in ("CIFAR10", "STL10"):
-        steps = [T.ToTensor()]
-    elif config.dataset == "CelebA":
-        # Aligned CelebA is 178 x 218: resize the short side, then crop the centre to a square.
-        steps = [T.Resize(config.image_size, antialias=True), T.CenterCrop(config.image_size), T.ToTensor()]
-    else:
-        raise KeyError(f"unknown dataset {config.dataset!r}")
+    steps = dataset_spec(config.dataset).transform(config.image_size)
     if not to_unit_range:
         steps.append(T.Normalize([0.5] * 3, [0.5] * 3))
     return T.Compose(steps) if steps else None
@@ -96,33 +172,16 @@ def load_dataset(config, data_dir, train, transform=None):
     Returns (dataset, targets) where targets is an int64 array of class ids (CelebA: the Male
     attribute). A missing dataset that cannot be downloaded is a UsageError saying where to put it.
     """
-    name = config.dataset
+    name, spec = config.dataset, dataset_spec(config.dataset)
     try:
-        if name == "Digits":
-            ds = Digits(train=train, image_size=config.image_size, transform=transform)
-            return ds, np.asarray(ds.targets)
-        if name == "MNIST":
-            ds = tvd.MNIST(data_dir, train=train, transform=transform, download=True)
-            return ds, ds.targets.numpy()
-        if name == "CIFAR10":
-            ds = CIFAR10(data_dir, train=train, transform=transform, download=True)
-            return ds, np.asarray(ds.targets)
-        if name == "STL10":
-            ds = STL10(data_dir, split="train" if train else "test", transform=transform, download=True)
-            return ds, np.asarray(ds.labels)
-        if name == "CelebA":
-            ds = CelebA(data_dir, split="train" if train else "test", target_type=[], transform=transform,
-                        download=True)
-            return ds, ds.attr[:, CELEBA_MALE_ATTR].numpy()
+        return spec.load(data_dir, train, transform, config.image_size)
     except (RuntimeError, OSError, ImportError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{name} is not in {data_dir!s} and could not be downloaded ({reason}); "
+        raise UsageError(f"{name} is not in {data_dir!s} and could not be downloaded ({first_line(e)}); "
                          f"put the files there as datasets/README.md shows, or run once with network access")
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
         # Files present but cut short or overwritten: unpickling (CIFAR10) or reshaping (STL10) fails.
         raise UsageError(f"{name} files in {data_dir!s} are damaged ({type(e).__name__}: {e}); delete them to "
                          f"download afresh, or put intact copies there as datasets/README.md shows")
-    raise KeyError(f"unknown dataset {name!r}")
 
 
 @dataclass
@@ -169,8 +228,9 @@ def test_indices(targets, config):
     return normal[:config.n_test]
 
 
-class PUDataset(Dataset):
-    """A view of `base` at `indices`, yielding (image, y) with y from the PU labels kept here."""
+class LabeledSubset(Dataset):
+    """A view of `base` at `indices`, yielding (image, label) with labels kept here, beside the dataset:
+    the PU labels y for training, 1 = normal for the classifier, 0 for the test set."""
 
     def __init__(self, base, indices, labels):
         self.base, self.indices, self.labels = base, np.asarray(indices), np.asarray(labels)
@@ -264,12 +324,16 @@ class PUData:
     test: Dataset               # normal-only test images in [0, 1]
 
 
+def normal_test_set(config, data_dir):
+    """The normal-only test images in [0, 1] (the FID reference), labelled 0."""
+    base, targets = load_dataset(config, data_dir, train=False, transform=image_transform(config, to_unit_range=True))
+    return LabeledSubset(base, test_indices(targets, config), np.zeros(config.n_test, dtype=np.int64))
+
+
 def load_pu_data(config, data_dir, seed):
     """Load, split and materialize `config`'s data; raises UsageError before anything is written."""
     base, targets = load_dataset(config, data_dir, train=True, transform=image_transform(config))
     split = pu_split(targets, config, seed)
-    test_base, test_targets = load_dataset(config, data_dir, train=False,
-                                           transform=image_transform(config, to_unit_range=True))
-    test = PUDataset(test_base, test_indices(test_targets, config), np.zeros(config.n_test, dtype=np.int64))
-    train = materialize(PUDataset(base, split.indices, split.labels))
+    test = normal_test_set(config, data_dir)
+    train = materialize(LabeledSubset(base, split.indices, split.labels))
     return PUData(train=train, split=split, test=test)

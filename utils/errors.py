@@ -10,6 +10,15 @@ USAGE_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
 
 
+def first_line(error, default=None):
+    """The first line of `error`'s message (library errors can run to pages), or `default`
+    (the error's type name when None) where the message is empty."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if default is None else default
+
+
 class UsageError(Exception):
     """Bad input from the user: the message names the problem and the fix."""
 

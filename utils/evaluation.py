@@ -7,7 +7,7 @@ and the classifier-feature Frechet distance against the normal-only test set (ut
 writes `{output_dir}/outputs/results/{key}.json` in the schema report.py reads:
 
     {key, script, run_key, checkpoint, config_name, dataset, algorithm, beta, seed, pu_correction,
-     sampler, num_inference_steps, num_samples,
+     key_tags, sampler, num_inference_steps, num_samples,
      metrics: {non_sensitive_rate, classifier_accuracy, fid, fd_classifier},
      fid_error, classifier: {...}, n_reference, device, sampling_dtype,
      times: {classifier_s, sampling_s, metrics_s, total_s, train_s}, versions: {...}}
@@ -25,18 +25,17 @@ import numpy as np
 import torch
 
 from configs import Config
-from utils.classifier import PREDICT_BATCH, check_classifier_weights, load_or_train_classifier, make_loader, \
+from utils.classifier import PREDICT_BATCH, check_classifier_weights, classifier_loader, load_or_train_classifier, \
     predict_normal
-from utils.data import PUDataset, image_transform, load_dataset, test_indices
-from utils.errors import UsageError
+from utils.data import normal_test_set
+from utils.errors import UsageError, first_line
+from utils.files import PIPELINE_INDEX, RESULTS_DIR, RUN_CONFIG_FILE, write_json_atomically
 from utils.metrics import ClassifierFeatures, frechet_distances, frechet_metric, inception_metric_or_reason, \
     non_sensitive_rate
-from utils.run import RUN_CONFIG_FILE, write_file_atomically
+from utils.run import Run
 from utils.sampling import generate, resolve_eval_batch_size
 
-RESULTS_DIR = Path("outputs") / "results"
 EVALUABLE_SCRIPTS = ("main", "main_ft")      # pixel-space checkpoints; main_sd has evaluate-sd.py
-PIPELINE_INDEX = "model_index.json"          # what save_pretrained writes at a pipeline's root
 
 
 def check_eval_args(classifier_weights=None, inception_weights=None):
@@ -45,12 +44,6 @@ def check_eval_args(classifier_weights=None, inception_weights=None):
     if inception_weights and not Path(inception_weights).is_file():
         raise UsageError(f"--inception_weights {inception_weights} is not a file; pass torch-fidelity's "
                          f"weights-inception-2015-12-05-6726825d.pth or leave it out")
-
-
-def normal_test_set(config, data_dir):
-    """The normal-only test images in [0, 1] (the FID reference), as PUData.test holds them."""
-    base, targets = load_dataset(config, data_dir, train=False, transform=image_transform(config, to_unit_range=True))
-    return PUDataset(base, test_indices(targets, config), np.zeros(config.n_test, dtype=np.int64))
 
 
 def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, num_inference_steps, batch_size,
@@ -81,7 +74,7 @@ def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, n
     metrics = dict(fd_classifier=frechet_metric(ClassifierFeatures(classifier)))
     if inception is not None:
         metrics["fid"] = inception
-    reference_batches = (x for x, _ in make_loader(reference, PREDICT_BATCH, device))
+    reference_batches = (x for x, _ in classifier_loader(reference, PREDICT_BATCH, device))
     distances = frechet_distances(images, reference_batches, metrics, device, PREDICT_BATCH)
     times["metrics_s"] = round(time.time() - start, 1)
     if fid_error:
@@ -102,53 +95,38 @@ def package_versions():
                 torch_fidelity=torch_fidelity.__version__, numpy=np.__version__)
 
 
-def result_key(run_key, config, num_inference_steps):
-    """The run's key, tagged with the step count where it differs from the config's."""
-    return run_key if num_inference_steps == config.num_inference_steps else f"{run_key}_steps{num_inference_steps}"
+def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, data_dir, device, dtype=None,
+                      num_inference_steps=None, reference=None, classifier_weights=None, inception_weights=None,
+                      output_dir=None, checkpoint=None):
+    """`evaluate` the model of `run` (a utils.run.Run) and write {output_dir}/outputs/results/{key}.json.
 
-
-def evaluate_and_save(unet, noise_scheduler, *, run_record, config_name, config, checkpoint, output_dir,
-                      num_samples, num_inference_steps, batch_size, data_dir, device, dtype=None,
-                      reference=None, classifier_weights=None, inception_weights=None):
-    """`evaluate` the model of the run described by `run_record` (its run_config.json) and write
-    {output_dir}/outputs/results/{key}.json; returns (path, result)."""
+    `num_inference_steps` defaults to the run's; another count tags the key (Run.result_key).
+    `output_dir` defaults to the run's root, `checkpoint` (recorded) to its checkpoint folder.
+    Returns (path, result).
+    """
     started = time.time()
+    config = run.config
     steps = num_inference_steps or config.num_inference_steps
-    evaluation = evaluate(unet, noise_scheduler, config_name=config_name, config=config, seed=run_record["seed"],
+    evaluation = evaluate(unet, noise_scheduler, config_name=run.config_name, config=config, seed=run.seed,
                           num_samples=num_samples, num_inference_steps=steps, batch_size=batch_size,
-                          data_dir=data_dir, output_dir=output_dir, device=device, dtype=dtype,
+                          data_dir=data_dir, output_dir=output_dir or run.root, device=device, dtype=dtype,
                           reference=reference, classifier_weights=classifier_weights,
                           inception_weights=inception_weights)
-    evaluation["times"].update(total_s=round(time.time() - started, 1), train_s=run_record.get("train_seconds"))
-    key = result_key(run_record["key"], config, steps)
-    result = dict(key=key, script=run_record["script"], run_key=run_record["key"], checkpoint=str(checkpoint),
-                  config_name=config_name, dataset=config.dataset, algorithm=run_record["algorithm"],
-                  beta=run_record["beta"], seed=run_record["seed"], pu_correction=run_record.get("pu_correction"),
+    evaluation["times"].update(total_s=round(time.time() - started, 1), train_s=run.elapsed())
+    key = run.result_key(steps)
+    result = dict(key=key, script=run.script, run_key=run.key, checkpoint=str(checkpoint or run.checkpoint_dir),
+                  config_name=run.config_name, dataset=config.dataset, algorithm=run.algorithm,
+                  beta=run.beta, seed=run.seed, pu_correction=run.pu_correction, key_tags=list(run.tags),
                   sampler=config.sampler, num_inference_steps=steps, num_samples=num_samples,
                   device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",
                   **evaluation, versions=package_versions())
-    path = Path(output_dir) / RESULTS_DIR / f"{key}.json"
-    write_file_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    path = write_json_atomically(Path(output_dir or run.root) / RESULTS_DIR / f"{key}.json", result)
     m = result["metrics"]
     fid = f"FID {m['fid']:.2f}" if m["fid"] is not None else "FID n/a"
     print(f"{key}: non-sensitive rate {m['non_sensitive_rate']:.4f} (classifier accuracy "
           f"{m['classifier_accuracy']:.4f}), {fid}, fd_classifier {m['fd_classifier']:.3f} on {num_samples} "
           f"samples; saved {path}")
     return path, result
-
-
-def evaluate_run(run, unet, noise_scheduler, reference, device, dtype=None):
-    """After training: evaluate `run`'s model with its --num_eval_samples and --eval_batch_size."""
-    args = run.args
-    num_samples = run.config.num_eval_samples if args.num_eval_samples is None else args.num_eval_samples
-    record = dict(key=run.key, script=run.script, algorithm=args.algorithm, beta=run.beta, seed=args.seed,
-                  pu_correction=args.pu_correction, train_seconds=round(time.time() - run.started, 1))
-    return evaluate_and_save(unet, noise_scheduler, run_record=record, config_name=args.config_name,
-                             config=run.config, checkpoint=run.checkpoint_dir, output_dir=run.root,
-                             num_samples=num_samples, num_inference_steps=run.config.num_inference_steps,
-                             batch_size=args.eval_batch_size, data_dir=args.data_dir, device=device, dtype=dtype,
-                             reference=reference, classifier_weights=args.classifier_weights,
-                             inception_weights=args.inception_weights)
 
 
 def config_from_record(record):
@@ -160,8 +138,9 @@ def config_from_record(record):
     return Config(**values)
 
 
-def read_checkpoint_record(checkpoint):
-    """(run record, config name, Config) of a checkpoint folder main.py or main-ft.py wrote; a UsageError otherwise."""
+def read_checkpoint_run(checkpoint, root):
+    """(Run, run record) of a checkpoint folder main.py or main-ft.py wrote, the Run's outputs going
+    under `root`; a UsageError otherwise."""
     checkpoint = Path(checkpoint)
     record_file = checkpoint / RUN_CONFIG_FILE
     if not checkpoint.is_dir() or not record_file.is_file() or not (checkpoint / PIPELINE_INDEX).is_file():
@@ -173,7 +152,7 @@ def read_checkpoint_record(checkpoint):
         if script not in EVALUABLE_SCRIPTS:
             raise UsageError(f"{checkpoint} was written by {script}; evaluate.py evaluates main.py and main-ft.py "
                              f"checkpoints (use evaluate-sd.py for main-sd.py)")
-        return record, record["args"]["config_name"], config_from_record(record)
+        return Run.from_record(record, config_from_record(record), root), record
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
         raise UsageError(f"{record_file} is unreadable or incomplete ({type(e).__name__}: {e}); "
                          f"re-run the training that wrote it")
@@ -185,7 +164,6 @@ def load_checkpoint_model(checkpoint, device):
     try:
         pipeline = DiffusionPipeline.from_pretrained(checkpoint)
     except (OSError, ValueError) as e:   # a part missing or its weights cut short
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load the pipeline in {checkpoint} ({reason}); the checkpoint is damaged, "
+        raise UsageError(f"cannot load the pipeline in {checkpoint} ({first_line(e)}); the checkpoint is damaged, "
                          f"re-run the training that wrote it")
     return pipeline.unet.to(device).eval(), pipeline.scheduler

@@ -1,54 +1,111 @@
-"""The pixel-space experiment that main.py and main-ft.py share: data, loop, pipeline, grid."""
+"""The experiments the entry scripts run on a resolved `Run`: train, save the pipeline, grids, evaluate.
+
+`run_pixel_experiment` serves main.py and main-ft.py, `run_sd_experiment` main-sd.py. Both train
+with the one loop (utils.training) and differ only in their data, in how a batch becomes model
+input and in what they sample and judge afterwards. Everything that can fail on bad input is
+checked before the first write.
+"""
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from utils.data import load_pu_data
-from utils.evaluation import check_eval_args, evaluate_run
-from utils.run import save_pipeline, seed_everything, write_file_atomically
-from utils.sampling import GRID_SAMPLES, generate, save_grid
-from utils.training import make_accelerator, train
+from utils.evaluation import check_eval_args, evaluate_and_save
+from utils.files import write_file_atomically
+from utils.run import save_pipeline, seed_everything
+from utils.sampling import GRID_SAMPLES, generate, sampling_precision, save_grid
+from utils.training import train
 
 
-def sampling_dtype(accelerator):
-    """Half precision for sampling where training used it on CUDA; fp32 elsewhere."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision) \
-        if accelerator.device.type == "cuda" else None
+def train_run(run, model, noise_scheduler, dataset, **loop_options):
+    """Seed, open the TensorBoard writer (main process) and train `model` with the run's spec."""
+    accelerator = run.accelerator
+    seed_everything(run.seed)
+    writer = SummaryWriter(run.log_dir) if accelerator.is_main_process else None
+    model = train(accelerator, model, noise_scheduler, dataset, run.training_spec, writer=writer,
+                  checkpointing=run.checkpointing, **loop_options)
+    if writer is not None:
+        writer.close()
+    return model
 
 
 def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     """Train `unet` on `run`'s PU data, save a `pipeline_cls` checkpoint and an 8 x 8 sample grid,
     then (unless --num_eval_samples 0) evaluate it into outputs/results/{key}.json (utils.evaluation).
 
-    Everything that can fail on bad input (data, split sizes) is checked before the first write.
-    Returns (accelerator, unwrapped unet, data) for evaluation.
+    Returns (unwrapped unet, data).
     """
-    args, config = run.args, run.config
+    args, config, accelerator = run.args, run.config, run.accelerator
     check_eval_args(args.classifier_weights, args.inception_weights)
-    accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
     with accelerator.main_process_first():   # one process downloads; the others then read its files
-        data = load_pu_data(config, args.data_dir, args.seed)
+        data = load_pu_data(config, args.data_dir, run.seed)
     if accelerator.is_main_process:
         print(f"{run.key}: U = {data.split.n_u_normal} normal + {data.split.n_u_sensitive} sensitive, "
               f"S = {data.split.n_s}, test = {len(data.test)}; {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M "
               f"parameters on {accelerator.device} ({accelerator.mixed_precision})")
-    seed_everything(args.seed)
-    writer = SummaryWriter(run.log_dir) if accelerator.is_main_process else None
-    unet = train(accelerator, unet, noise_scheduler, data.train, algorithm=args.algorithm, beta=run.beta,
-                 correction=args.pu_correction, config=config, seed=args.seed, writer=writer,
-                 channels_last=args.channels_last, checkpointing=run.checkpointing, split=data.split,
-                 data_on_device=args.data_on_device, compile_model=args.compile)
-    if accelerator.is_main_process:
-        record = run.record(split=dict(n_u_normal=data.split.n_u_normal, n_u_sensitive=data.split.n_u_sensitive,
-                                       n_s=data.split.n_s, n_test=len(data.test)),
-                            device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
-        path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
-        dtype = sampling_dtype(accelerator)
-        images = generate(unet, noise_scheduler, sampler=config.sampler, num_samples=GRID_SAMPLES,
-                          num_inference_steps=config.num_inference_steps, batch_size=GRID_SAMPLES,
-                          seed=args.seed, dtype=dtype, desc="sample grid")
-        grid = write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
-        print(f"saved {path} and {grid}")
-        writer.close()
-        if args.num_eval_samples != 0:
-            evaluate_run(run, unet, noise_scheduler, data.test, accelerator.device, dtype)
-    return accelerator, unet, data
+    unet = train_run(run, unet, noise_scheduler, data.train, split=data.split)
+    if not accelerator.is_main_process:
+        return unet, data
+    record = run.to_record(split=dict(n_u_normal=data.split.n_u_normal, n_u_sensitive=data.split.n_u_sensitive,
+                                      n_s=data.split.n_s, n_test=len(data.test)),
+                           device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
+    path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
+    device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
+    images = generate(unet, noise_scheduler, sampler=config.sampler, num_samples=GRID_SAMPLES,
+                      num_inference_steps=config.num_inference_steps, batch_size=GRID_SAMPLES,
+                      seed=run.seed, dtype=dtype, desc="sample grid")
+    grid = write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
+    print(f"saved {path} and {grid}")
+    num_samples = config.num_eval_samples if args.num_eval_samples is None else args.num_eval_samples
+    if num_samples:
+        evaluate_and_save(run, unet, noise_scheduler, num_samples=num_samples, batch_size=args.eval_batch_size,
+                          data_dir=args.data_dir, device=device, dtype=dtype, reference=data.test,
+                          classifier_weights=args.classifier_weights, inception_weights=args.inception_weights)
+    return unet, data
+
+
+def run_sd_experiment(run, pipe, files, clip):
+    """Fine-tune `pipe`'s UNet on the SD folder `files` (VAE and text encoder frozen), save the
+    pipeline and a grid per prompt, and (with a `clip` judge) the CLIP evaluation.
+
+    Frozen fp16 copies of the VAE and text encoder run on the device; the fp32 originals stay in
+    `pipe` and are saved unchanged.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from models.pretrained import training_noise_scheduler
+    from utils.data import place_on_device
+    from utils.sd import SDImageDataset, frozen_copy, make_sd_model_input
+    from utils.sd_eval import results_record, sample_and_score, save_prompt_grids, write_results
+
+    args, config, accelerator = run.args, run.config, run.accelerator
+    noise_scheduler = training_noise_scheduler(pipe.scheduler, args.pretrained_model)
+    device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
+    dtype = dtype or torch.float32
+    vae = frozen_copy(pipe.vae, accelerator.device, dtype)
+    text_encoder = frozen_copy(pipe.text_encoder, accelerator.device, dtype)
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    # Refuses --data_on_device yes (images are decoded per item) before the loop writes its logs.
+    dataset = place_on_device(SDImageDataset(files, config, pipe.tokenizer), accelerator.device, args.data_on_device)
+    unet = train_run(run, pipe.unet, noise_scheduler, dataset,
+                     to_model_input=make_sd_model_input(vae, text_encoder), num_workers=args.num_workers,
+                     trainable_parameters=pipe.unet.parameters())
+    del vae, text_encoder
+    accelerator.free_memory()   # drops the optimizer state before sampling
+    if not accelerator.is_main_process:
+        return unet
+    pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
+    record = run.to_record(data=dict(n_unlabeled=len(files[0]), n_positive=len(files[1])),
+                           device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
+    path = save_pipeline(run, pipe, record)
+    pipe.to(device, dtype)
+    images, metrics, eval_times = sample_and_score(pipe, config, run.seed, args.num_eval_samples, clip, device,
+                                                   num_grid=config.grid_samples)
+    grids = save_prompt_grids(images, config, run.image_dir, run.key)
+    print(f"saved {path}, " + ", ".join(map(str, grids)))
+    if metrics is not None:
+        result = results_record(run, config, metrics, args.num_eval_samples, args.clip_model,
+                                dict(train_seconds=record["train_seconds"], **eval_times), type(pipe.scheduler).__name__)
+        path = write_results(run.root, result)
+        print(f"{run.key}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()) + f"; saved {path}")
+    return unet

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from utils.errors import first_line
+
 INCEPTION_FEATURES = 2048
 
 
@@ -63,9 +65,8 @@ def inception_metric_or_reason(weights_path=None):
     try:
         return frechet_metric(INCEPTION_FEATURES, weights_path), None
     except (OSError, RuntimeError, ModuleNotFoundError, pickle.UnpicklingError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         source = weights_path or "torch-fidelity's download"
-        return None, f"Inception-v3 weights unavailable from {source}: {reason}"
+        return None, f"Inception-v3 weights unavailable from {source}: {first_line(e)}"
 
 
 @torch.no_grad()

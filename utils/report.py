@@ -10,9 +10,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from losses import ALGORITHMS
 from utils.errors import UsageError
 
-ALGORITHM_ORDER = ("Unsupervised", "Supervised", "PU")
+ALGORITHM_ORDER = tuple(ALGORITHMS)      # rows in the algorithm table's order
 RATE, ACCURACY, FID, FD_CLASSIFIER = "non_sensitive_rate", "classifier_accuracy", "fid", "fd_classifier"
 TITLES = {RATE: "Non-sensitive rate (share of samples the classifier calls normal; higher is better)",
           FID: "FID against the normal-only test set (lower is better)"}

@@ -1,15 +1,16 @@
-"""What every entry script shares around the loop: arguments, the run key, paths, seeding, saving.
+"""A training run resolved once: its final config, algorithm, beta, seed, key, paths and accelerator.
 
-A script builds its parser with `add_run_args`, resolves a `Run` (which validates everything and
-writes nothing), then trains with utils.training and saves through the helpers here, each of
-which writes aside and renames, so no half-written checkpoint ever looks complete.
+Every entry script hands its command line and its base config (the registry entry, with what the
+script itself decides, such as main-ft.py's sampler and the pretrained model's schedule) to
+`Run.resolve`. That is the only place where overrides are applied, beta is settled, the key is
+formed and everything is validated; it writes nothing. The rest of the code (the loop, saving,
+evaluation) reads the `Run` and never changes it. `Run.from_record` rebuilds the same object from
+a checkpoint's run_config.json for evaluation.
 """
-import argparse
 import glob
 import json
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,25 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from configs import ALGORITHMS, PU_CORRECTIONS, get_config, with_overrides
-from utils.checkpointing import LATEST, Checkpointing
-from utils.data import DATA_ON_DEVICE
+from configs import DEFAULT_BETA, with_overrides
+from configs.sd import SD_CONFIG_NAME
+from losses import DEFAULT_CORRECTION, get_algorithm
+from utils.checkpointing import Checkpointing
+from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES
 from utils.errors import UsageError
-from utils.sampling import AUTO
+from utils.files import RUN_CONFIG_FILE, save_folder_atomically
+from utils.training import TrainingSpec, make_accelerator
 
-RUN_CONFIG_FILE = "run_config.json"
-MIXED_PRECISION = ("no", "fp16", "bf16")
-DEFAULT_BETA = 0.1
+# Scripts whose key names the config; main-sd.py has a single experiment (DESIGN section 3).
+SCRIPTS_KEYED_BY_CONFIG = ("main", "main_ft")
+# Settings a user may change that alter what is trained, sampled or measured, in key order, with
+# their short key tags: `--n_s 30` makes main_Digits_even_PU_0.1_nS30_0. Settings left at the
+# config's value add nothing, so default runs keep the keys DESIGN section 3 gives them.
+# main-ft.py's --pretrained_model is recorded, not keyed: a local copy of the config's hub model
+# must keep the key that the hub id gives.
+KEY_TAGS = {"n_u_normal": "nUn", "n_u_sensitive": "nUs", "n_s": "nS", "n_test": "nT", "num_epochs": "ep",
+            "batch_size": "bs", "learning_rate": "lr", "num_inference_steps": "steps", "resolution": "res"}
+CORRECTION_TAG = "nn"                   # --pu_correction nn (abs is the default)
 
 
 def seed_everything(seed):
@@ -33,106 +44,20 @@ def seed_everything(seed):
     set_seed(seed)
 
 
-def beta_value(text):
-    beta = float(text)
-    if not 0.0 <= beta < 1.0:
-        raise argparse.ArgumentTypeError(f"beta must be in [0, 1), got {text}; it is the share of "
-                                         f"sensitive data in the unlabeled set, e.g. 0.1")
-    return beta
+def format_beta(beta):
+    return repr(float(beta))
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def tag_value(value):
+    """A setting's value as it appears in a key: floats in their shortest form (1e-05, 0.001)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def batch_size_or_auto(text):
-    """A positive batch size, or 'auto': the largest that fits, found when sampling starts."""
-    return AUTO if text == AUTO else positive_int(text)
-
-
-# Config fields a registry script may override from the command line, with their types and meaning.
-DATA_COUNT_ARGS = {"n_u_normal": (positive_int, "normal images in U"),
-                   "n_u_sensitive": (non_negative_int, "sensitive images hidden in U"),
-                   "n_s": (positive_int, "labeled sensitive images S"),
-                   "n_test": (positive_int, "normal test images, the FID reference")}
-
-
-def add_run_args(parser, configs=None, default_config=None):
-    """The arguments every training script takes; `configs` are the config names it supports."""
-    if configs is not None:
-        parser.add_argument("--config_name", default=default_config, choices=configs,
-                            help="experiment from the config registry (default: %(default)s)")
-        counts = parser.add_argument_group("PU data counts (ablations and small trial runs)")
-        for name, (kind, what) in DATA_COUNT_ARGS.items():
-            counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
-    parser.add_argument("--algorithm", default="PU", choices=ALGORITHMS, help="training objective (default: PU)")
-    parser.add_argument("--beta", type=beta_value, default=None,
-                        help=f"class prior: share of sensitive data in U, used by PU only (default: {DEFAULT_BETA})")
-    parser.add_argument("--seed", type=int, default=42, help="seeds training, the PU split and sampling")
-    parser.add_argument("--pu_correction", default="abs", choices=PU_CORRECTIONS,
-                        help="non-negativity correction of R_N: abs (R_S + |R_N|) or nn (default: abs)")
-    parser.add_argument("--num_epochs", type=positive_int, help="default: the config's")
-    parser.add_argument("--batch_size", type=positive_int, help="default: the config's")
-    parser.add_argument("--learning_rate", type=positive_float, help="default: the config's")
-    parser.add_argument("--num_inference_steps", type=positive_int, help="sampling steps (default: the config's)")
-    parser.add_argument("--data_dir", default="datasets",
-                        help="data folder: torchvision datasets download here; main-sd.py reads "
-                             "0_unlabeled/ and 1_positive/ from it (default: %(default)s)")
-    parser.add_argument("--output_dir", default=".",
-                        help="root that receives checkpoints/ and outputs/ (default: the current folder)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
-    state = parser.add_argument_group("training states (resume after a crash or a preemption)")
-    state.add_argument("--checkpointing_steps", type=positive_int,
-                       help="save the full training state every N optimizer steps to checkpoints/{key}.state/")
-    state.add_argument("--checkpoints_total_limit", type=positive_int,
-                       help="keep only the newest K training states (default: all)")
-    state.add_argument("--resume_from_checkpoint", metavar="latest|PATH",
-                       help=f"continue from a saved training state: '{LATEST}' (this run's newest; a fresh "
-                            f"start if none) or a checkpoint-STEP folder")
-    gpu = parser.add_argument_group("precision and speed (results keep the same math)")
-    gpu.add_argument("--mixed_precision", choices=MIXED_PRECISION,
-                     help="autocast precision (default: fp16 on CUDA, no on CPU)")
-    gpu.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
-                     help="TF32 matmuls on Ampere+ GPUs (default: on)")
-    gpu.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
-    gpu.add_argument("--compile", action="store_true",
-                     help="torch.compile the UNet for training; the first steps pay for the compilation")
-    gpu.add_argument("--data_on_device", choices=DATA_ON_DEVICE, default="auto",
-                     help="keep the training images on the GPU: auto (when they take at most a quarter of "
-                          "its free memory), yes or no (default: auto)")
-    return parser
-
-
-def add_eval_args(parser):
-    """The evaluation-after-training arguments of the pixel-space scripts (main.py, main-ft.py)."""
-    evaluation = parser.add_argument_group("evaluation after training (as evaluate.py)")
-    evaluation.add_argument("--num_eval_samples", type=non_negative_int,
-                            help="generated images for the non-sensitive rate and FID; 0 skips the "
-                                 "evaluation (default: the config's num_eval_samples)")
-    evaluation.add_argument("--eval_batch_size", type=batch_size_or_auto, default=AUTO,
-                            help="images per sampling batch: a number, or auto (the largest that fits on "
-                                 "CUDA, found by trial; a fixed size on CPU) (default: auto)")
-    evaluation.add_argument("--classifier_weights",
-                            help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
-    evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
-    return parser
+def key_tags(config, base, correction):
+    """The key tags of the settings in which `config` differs from `base`, in KEY_TAGS order."""
+    tags = [f"{tag}{tag_value(getattr(config, name))}" for name, tag in KEY_TAGS.items()
+            if hasattr(base, name) and getattr(config, name) != getattr(base, name)]
+    return tags + ([CORRECTION_TAG] if correction != DEFAULT_CORRECTION else [])
 
 
 def check_output_dir(root):
@@ -146,22 +71,29 @@ def check_output_dir(root):
         raise UsageError(f"cannot write to {probe}; choose a writable --output_dir")
 
 
-def format_beta(beta):
-    return repr(float(beta))
-
-
 @dataclass
 class Run:
     """One training run's resolved settings and output paths; creating it writes nothing."""
 
-    key: str
-    script: str
-    config: object
-    args: argparse.Namespace
-    beta: float
+    script: str                      # main | main_ft | main_sd
+    config_name: str
+    config: object                   # the final configs.Config (configs.sd.SDConfig for main_sd)
+    algorithm: str
+    beta: float                      # 0.0 for algorithms that do not use it
+    seed: int
+    pu_correction: str
     root: Path
-    started: float = field(default_factory=time.time)
+    tags: tuple = ()                 # key tags of the settings that differ from the config's
+    args: object = None              # the command line (None for a run read back from its record)
+    accelerator: object = None
     checkpointing: Checkpointing = None
+    started: float = field(default_factory=time.time)
+    train_seconds: float = None      # a finished run's training time, from its record
+
+    @property
+    def key(self):
+        name = [self.config_name] if self.script in SCRIPTS_KEYED_BY_CONFIG else []
+        return "_".join([self.script, *name, self.algorithm, format_beta(self.beta), *self.tags, str(self.seed)])
 
     @property
     def checkpoint_dir(self):
@@ -175,28 +107,48 @@ class Run:
     def log_dir(self):
         return self.root / "outputs" / "logs" / self.key
 
-    @classmethod
-    def from_args(cls, args, prefix, config=None, key_parts=None):
-        """Resolve the config with the command-line overrides and check the run can be written.
+    @property
+    def training_spec(self):
+        args = self.args
+        return TrainingSpec(config=self.config, algorithm=self.algorithm, beta=self.beta,
+                            correction=self.pu_correction, seed=self.seed, channels_last=args.channels_last,
+                            compile=args.compile, data_on_device=args.data_on_device)
 
-        `prefix` is main | main_ft | main_sd; `config` skips the registry lookup (Stable Diffusion).
+    @classmethod
+    def resolve(cls, args, script, config_name, base, **script_overrides):
+        """The run that `args` asks for on the `base` config; validates everything, writes nothing.
+
+        Applies the command line's overrides (and `script_overrides`, options only one script has)
+        to `base`, settles beta (the default for algorithms that use it, 0.0 for the others), forms
+        the key, makes the accelerator (it decides precision and process count) and resolves the
+        training state to resume from against the final settings.
         """
-        config = config or get_config(args.config_name)
-        config = with_overrides(config, num_epochs=args.num_epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, num_inference_steps=args.num_inference_steps,
-                                **{k: getattr(args, k, None) for k in DATA_COUNT_ARGS})
-        if args.algorithm == "PU":
+        overrides = {k: getattr(args, k, None) for k in (*DATA_COUNT_ARGS, *TRAINING_OVERRIDES, "num_inference_steps")}
+        config = with_overrides(base, **overrides, **script_overrides)
+        if get_algorithm(args.algorithm).uses_beta:
             beta = DEFAULT_BETA if args.beta is None else args.beta
         else:
             beta = 0.0
             if args.beta is not None:
                 print(f"note: --beta {args.beta} is used by PU only; {args.algorithm} records beta as 0.0")
-        parts = key_parts if key_parts is not None else [args.config_name]
-        key = "_".join([prefix, *parts, args.algorithm, format_beta(beta), str(args.seed)])
-        run = cls(key=key, script=prefix, config=config, args=args, beta=beta, root=Path(args.output_dir))
+        run = cls(script=script, config_name=config_name, config=config, algorithm=args.algorithm, beta=beta,
+                  seed=args.seed, pu_correction=args.pu_correction, root=Path(args.output_dir),
+                  args=args)
         run.check_writable()
-        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, key, config)
+        run.accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
+        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
+                                                    run.training_spec.settings(run.accelerator))
         return run
+
+    @classmethod
+    def from_record(cls, record, config, root):
+        """The run a checkpoint's run_config.json describes, with its `config` rebuilt by the caller."""
+        # Records written before config_name was recorded hold it in args (main.py, main-ft.py) or not at all (SD).
+        config_name = record.get("config_name") or record["args"].get("config_name", SD_CONFIG_NAME)
+        return cls(script=record["script"], config_name=config_name,
+                   config=config, algorithm=record["algorithm"], beta=record["beta"], seed=record["seed"],
+                   pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION, root=Path(root),
+                   tags=tuple(record.get("key_tags", ())), train_seconds=record.get("train_seconds"))
 
     def finished_outputs(self):
         """What a finished run of this key left: its pipeline folder and sample grids."""
@@ -211,47 +163,33 @@ class Run:
                              f"or choose another --seed or --output_dir")
         check_output_dir(self.root)
 
-    def record(self, **extra):
-        """The resolved run configuration, saved as JSON beside the checkpoint."""
+    def result_key(self, num_inference_steps):
+        """The key of this run's results: its own, tagged _steps{N} when sampled with another step
+        count than it was trained to use, so such an evaluation never replaces the run's own."""
+        if num_inference_steps == self.config.num_inference_steps:
+            return self.key
+        return f"{self.key}_steps{num_inference_steps}"
+
+    def elapsed(self):
+        """Seconds of training: a finished run's recorded time, or the time since this one started."""
+        return self.train_seconds if self.train_seconds is not None else round(time.time() - self.started, 1)
+
+    def to_record(self, **extra):
+        """The resolved run as the JSON-ready dict saved as run_config.json beside the checkpoint."""
         import accelerate
         import diffusers
-        return dict(key=self.key, script=self.script,
-                    algorithm=self.args.algorithm, beta=self.beta, seed=self.args.seed,
-                    pu_correction=self.args.pu_correction, config=self.config.to_dict(),
-                    args={k: v for k, v in vars(self.args).items()},
+        return dict(key=self.key, script=self.script, config_name=self.config_name,
+                    algorithm=self.algorithm, beta=self.beta, seed=self.seed, pu_correction=self.pu_correction,
+                    key_tags=list(self.tags), config=self.config.to_dict(), args=dict(vars(self.args)),
                     versions=dict(python=platform.python_version(), torch=torch.__version__,
                                   diffusers=diffusers.__version__, accelerate=accelerate.__version__),
-                    train_seconds=round(time.time() - self.started, 1), **extra)
-
-
-def replace_dir(tmp, final):
-    """Move the finished folder `tmp` to `final`, replacing an older one only after `tmp` is complete."""
-    final = Path(final)
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+                    train_seconds=self.elapsed(), **extra)
 
 
 def save_pipeline(run, pipeline, record):
     """Save `pipeline` (save_pretrained) and the run record to checkpoints/{key}/, atomically."""
-    final = run.checkpoint_dir
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(tmp)
-    (tmp / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
-    replace_dir(tmp, final)
-    return final
 
-
-def write_file_atomically(path, write):
-    """Call write(tmp_path), then rename tmp_path to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+    def write(tmp):
+        pipeline.save_pretrained(tmp)
+        (tmp / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
+    return save_folder_atomically(run.checkpoint_dir, write)

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from models import build_sampler
 
 GRID_SAMPLES = 64   # an 8 x 8 grid, as in the paper's figures
+HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
 AUTO = "auto"       # a batch size found when sampling starts: the largest that fits
 # CPU: images per batch at 32 px, fewer at larger sizes (same pixels a batch): past this the cores
 # are busy and a bigger batch only costs memory (a 256 px UNet's feature map is 33 MB an image).
@@ -19,6 +20,18 @@ MAX_EVAL_BATCH_SIZE = 4096
 # A batch is accepted when 1 / EVAL_MEMORY_MARGIN times as many images fit one UNet step: room for
 # the sampler's own tensors and for fragmentation.
 EVAL_MEMORY_MARGIN = 0.9
+
+
+def sampling_precision(device=None, mixed_precision=None):
+    """(device, autocast dtype or None) for sampling, decided here for every script.
+
+    `device` defaults to CUDA where there is one. On CUDA, the half precision of `mixed_precision`
+    (a run's --mixed_precision; fp16 when None, full precision for "no"); fp32 (None) elsewhere.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return device, None
+    return device, HALF_PRECISION.get(mixed_precision or "fp16")
 
 
 @torch.inference_mode()

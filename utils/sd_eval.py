@@ -6,7 +6,6 @@ drive the share down for the Brad Pitt prompt while the middle-aged-man prompt s
 Image i of every prompt is drawn from its own generator seeded with seed + i, so the first 16
 samples are the grid whatever N is, and results do not depend on the batch size.
 """
-import json
 import math
 import platform
 import time
@@ -16,11 +15,9 @@ import torch
 from torchvision.transforms.functional import to_tensor
 from tqdm.auto import tqdm
 
-from configs.sd import SD_CONFIG_NAME
-from utils.run import write_file_atomically
+from utils.files import RESULTS_DIR, write_file_atomically, write_json_atomically
 from utils.sampling import save_grid
 
-RESULTS_DIR = Path("outputs") / "results"
 SAMPLE_BATCH_SIZE = 16      # images per pipeline call (x2 inside it for classifier-free guidance)
 CLIP_BATCH_SIZE = 64
 
@@ -95,19 +92,17 @@ def save_prompt_grids(images, config, image_dir, key):
             for p in config.sample_prompts]
 
 
-def results_record(run_config, config, metrics, num_samples, clip_model, times, sampler):
+def results_record(run, config, metrics, num_samples, clip_model, times, sampler):
     """The results JSON shared with report.py: the run's identity, settings, metrics and versions.
 
-    The key is the run's, tagged _steps{N} when sampled with another step count than the run was,
-    as evaluate.py tags its results, so such an evaluation never replaces the run's own.
+    `config` is the run's config as sampled (evaluate-sd.py may change the step count, which then
+    tags the key: Run.result_key).
     """
     import diffusers
     import transformers
-    key = run_config["key"]
-    if config.num_inference_steps != run_config["config"]["num_inference_steps"]:
-        key = f"{key}_steps{config.num_inference_steps}"
-    return dict(key=key, run_key=run_config["key"], script=run_config["script"], config_name=SD_CONFIG_NAME,
-                algorithm=run_config["algorithm"], beta=run_config["beta"], seed=run_config["seed"],
+    return dict(key=run.result_key(config.num_inference_steps), run_key=run.key, script=run.script,
+                config_name=run.config_name, algorithm=run.algorithm, beta=run.beta, seed=run.seed,
+                pu_correction=run.pu_correction, key_tags=list(run.tags),
                 sampler=sampler, num_inference_steps=config.num_inference_steps,
                 guidance_scale=config.guidance_scale, num_samples=num_samples, clip_model=clip_model,
                 clip_labels=list(config.clip_labels), prompts={p.metric: p.prompt for p in config.sample_prompts},
@@ -118,5 +113,4 @@ def results_record(run_config, config, metrics, num_samples, clip_model, times, 
 
 def write_results(root, record):
     """Write `record` to {root}/outputs/results/{key}.json, atomically; returns the path."""
-    path = Path(root) / RESULTS_DIR / f"{record['key']}.json"
-    return write_file_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return write_json_atomically(Path(root) / RESULTS_DIR / f"{record['key']}.json", record)

@@ -10,7 +10,10 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from losses import denoising_error, get_objective, pu_risks
+from dataclasses import dataclass
+
+from configs import DEFAULT_SEED
+from losses import DEFAULT_CORRECTION, denoising_error, get_algorithm, get_objective, pu_risks
 from utils.checkpointing import NonFiniteGuard, TrainingProgress, split_state, training_settings
 from utils.data import collate_batch, place_on_device
 from utils.errors import TrainingDiverged, UsageError
@@ -33,13 +36,32 @@ def make_accelerator(mixed_precision=None, allow_tf32=True):
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu_only)
 
 
+@dataclass(frozen=True)
+class TrainingSpec:
+    """What one training run optimises and how: a Run's `training_spec`, or built by hand in tests."""
+
+    config: object                       # configs.Config or configs.sd.SDConfig
+    algorithm: str
+    beta: float
+    correction: str = DEFAULT_CORRECTION
+    seed: int = DEFAULT_SEED
+    channels_last: bool = False
+    compile: bool = False
+    data_on_device: str = "auto"
+
+    def settings(self, accelerator):
+        """What a resume must match (utils.checkpointing.training_settings)."""
+        return training_settings(self.config, self.correction, accelerator.num_processes,
+                                 accelerator.mixed_precision)
+
+
 def images_to_model_input(batch):
     """Pixel-space scripts: a batch is (images in [-1, 1], y) and needs no conditioning."""
     x0, y = batch
     return x0, None, y
 
 
-def make_loader(dataset, batch_size, seed, num_workers=0):
+def make_train_loader(dataset, batch_size, seed, num_workers=0):
     """Shuffled batches from a seeded generator; TensorPUDataset batches come from one gather.
 
     The order comes from `loader.sampler.generator` alone. Without workers the loader also draws
@@ -71,18 +93,18 @@ class EpochStats:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
 
-    def summed(self, accelerator):
-        """The sums averaged over processes, each of which adds up the batches of its own shard."""
+    def totals(self, accelerator):
+        """This epoch's sums, averaged over processes (each adds up the batches of its own shard)."""
         if accelerator.num_processes == 1:
             return self.sums
         return {k: accelerator.reduce(v, "mean") for k, v in self.sums.items()}
 
     def means(self, accelerator):
-        return {k: (v / max(self.count, 1)).item() for k, v in self.summed(accelerator).items()}
+        return {k: (v / max(self.count, 1)).item() for k, v in self.totals(accelerator).items()}
 
     def state(self, accelerator):
         """The sums as Python floats (exact for float32) for a training state."""
-        return dict(sums={k: v.item() for k, v in self.summed(accelerator).items()}, count=self.count)
+        return dict(sums={k: v.item() for k, v in self.totals(accelerator).items()}, count=self.count)
 
     @classmethod
     def from_state(cls, state, device):
@@ -103,11 +125,85 @@ def stop_if_diverged(guard, checkpointing):
     raise TrainingDiverged(f"{message}; {kept}; lower --learning_rate or check the data")
 
 
-def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, correction, config, seed,
-          to_model_input=images_to_model_input, writer=None, channels_last=False, num_workers=0,
-          trainable_parameters=None, checkpointing=None, split=None, data_on_device="auto",
-          compile_model=False):
-    """Train `model` for config.num_epochs epochs on `dataset` with the `algorithm` objective.
+@dataclass
+class Session:
+    """A prepared training run: what `prepare` built and the loop reads."""
+
+    model: torch.nn.Module                  # prepared (and maybe compiled)
+    params: list                            # the parameters the optimizer updates and clips
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    loader: DataLoader
+    shuffle: torch.Generator                # its state at each epoch start is saved: a resume replays the order
+    progress: TrainingProgress
+    guard: NonFiniteGuard
+    settings: dict
+
+
+def prepare(accelerator, model, dataset, spec, *, num_workers=0, trainable_parameters=None, checkpointing=None,
+            split=None):
+    """Optimizer, schedule, loader, progress and guard for `spec`; loads the state to resume from."""
+    config = spec.config
+    params = list(trainable_parameters if trainable_parameters is not None else model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
+                                  fused=accelerator.device.type == "cuda")
+    dataset = place_on_device(dataset, accelerator.device, spec.data_on_device)
+    loader = make_train_loader(dataset, config.batch_size, spec.seed, num_workers)
+    shuffle = loader.sampler.generator
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if spec.compile:
+        # Compiled last, as accelerate's own dynamo option does: training states keep saving the
+        # prepared module, and unwrap_model returns the original, uncompiled one.
+        model = torch.compile(model)
+    # Built after prepare so the step count is this process's share of the batches.
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.lr_warmup_steps,
+                                                   len(loader) * config.num_epochs)
+    if accelerator.num_processes > 1:
+        # Every process was seeded alike; offsetting the seed gives each its own noise draws (t, eps),
+        # as one large batch would have. The weights stay in step: DDP broadcast process 0's at prepare.
+        torch.manual_seed(spec.seed + accelerator.process_index)
+    # The schedule is not prepared (accelerate would step it once per process per step), so it is
+    # registered for save_state / load_state by hand, beside the loop's own progress.
+    progress = TrainingProgress(split_state(split))
+    accelerator.register_for_checkpointing(lr_scheduler, progress)
+    if checkpointing is not None:
+        checkpointing.start(accelerator, progress)
+    guard = NonFiniteGuard(accelerator, spec.algorithm, len(loader))
+    return Session(model, params, optimizer, lr_scheduler, loader, shuffle, progress, guard,
+                   spec.settings(accelerator))
+
+
+def epoch_batches(session, epoch, device):
+    """The batches of `epoch` still to train on and the epoch's running stats; a resumed epoch
+    replays its shuffle and skips the batches already done."""
+    progress = session.progress
+    if progress.batch > 0:
+        session.shuffle.set_state(progress.shuffle_state)
+        return skip_first_batches(session.loader, progress.batch), EpochStats.from_state(progress.stats, device)
+    progress.epoch, progress.shuffle_state = epoch, session.shuffle.get_state()
+    return session.loader, EpochStats()
+
+
+def log_epoch(accelerator, session, spec, stats, epoch, writer):
+    """Print the epoch's means and send them to TensorBoard (R_S and R_N only where beta is used)."""
+    means = stats.means(accelerator)
+    if not accelerator.is_main_process:
+        return
+    print(f"epoch {epoch + 1}/{spec.config.num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    if writer is None:
+        return
+    uses_beta = get_algorithm(spec.algorithm).uses_beta
+    for k, v in means.items():
+        if uses_beta or k not in ("R_S", "R_N"):
+            writer.add_scalar(f"train/{k}", v, epoch + 1)
+    writer.add_scalar("train/lr", session.lr_scheduler.get_last_lr()[0], epoch + 1)
+
+
+def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=images_to_model_input, writer=None,
+          num_workers=0, trainable_parameters=None, checkpointing=None, split=None):
+    """Train `model` for spec.config.num_epochs epochs on `dataset` with the spec's objective.
 
     AdamW, a cosine schedule with config.lr_warmup_steps warmup steps over len(loader) * epochs
     steps, grad-norm clipping at config.max_grad_norm. Per epoch, `writer` (a TensorBoard
@@ -118,95 +214,58 @@ def train(accelerator, model, noise_scheduler, dataset, *, algorithm, beta, corr
     shard of every epoch and computes the objective on its own batch; gradients are averaged.
     Returns the unwrapped model.
     """
-    objective = get_objective(algorithm, beta, correction)
-    params = list(trainable_parameters if trainable_parameters is not None else model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
-                                  fused=accelerator.device.type == "cuda")
-    dataset = place_on_device(dataset, accelerator.device, data_on_device)
-    loader = make_loader(dataset, config.batch_size, seed, num_workers)
-    shuffle = loader.sampler.generator   # its state at each epoch start is saved: a resume replays the order
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if compile_model:
-        # Compiled last, as accelerate's own dynamo option does: training states keep saving the
-        # prepared module, and unwrap_model below returns the original, uncompiled one.
-        model = torch.compile(model)
-    # Built after prepare so the step count is this process's share of the batches.
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.lr_warmup_steps,
-                                                   len(loader) * config.num_epochs)
-    if accelerator.num_processes > 1:
-        # Every process was seeded alike; offsetting the seed gives each its own noise draws (t, eps),
-        # as one large batch would have. The weights stay in step: DDP broadcast process 0's at prepare.
-        torch.manual_seed(seed + accelerator.process_index)
-    # The schedule is not prepared (accelerate would step it once per process per step), so it is
-    # registered for save_state / load_state by hand, beside the loop's own progress.
-    progress = TrainingProgress(split_state(split))
-    accelerator.register_for_checkpointing(lr_scheduler, progress)
-    settings = dict(training_settings(config, correction), num_processes=accelerator.num_processes,
-                    mixed_precision=accelerator.mixed_precision)
-    if checkpointing is not None:
-        checkpointing.start(accelerator, progress, settings)
-    guard = NonFiniteGuard(accelerator, algorithm, len(loader))
+    config = spec.config
+    objective = get_objective(spec.algorithm, spec.beta, spec.correction)
+    s = prepare(accelerator, model, dataset, spec, num_workers=num_workers,
+                trainable_parameters=trainable_parameters, checkpointing=checkpointing, split=split)
     if accelerator.is_main_process:
         share = f" on each of {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
-        print(f"training: {len(loader)} steps of {config.batch_size} images per epoch{share}")
+        print(f"training: {len(s.loader)} steps of {config.batch_size} images per epoch{share}")
 
-    step = progress.step
+    progress, step = s.progress, s.progress.step
     for epoch in range(progress.epoch, config.num_epochs):
-        model.train()
-        if progress.batch > 0:
-            # Resuming mid-epoch: replay the epoch's shuffle and skip the batches already trained on.
-            shuffle.set_state(progress.shuffle_state)
-            stats = EpochStats.from_state(progress.stats, accelerator.device)
-            batches = skip_first_batches(loader, progress.batch)
-        else:
-            progress.epoch, progress.shuffle_state = epoch, shuffle.get_state()
-            stats = EpochStats()
-            batches = loader
+        s.model.train()
+        batches, stats = epoch_batches(s, epoch, accelerator.device)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
-                   total=len(loader), disable=not accelerator.is_local_main_process, leave=False)
+                   total=len(s.loader), disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
+            # 1. The batch as model input; the per-sample error L and the objective under autocast.
             x0, cond, y = to_model_input(batch)
-            if channels_last:
+            if spec.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             y = y.to(x0.device, torch.float32)
             with accelerator.autocast():
-                L = denoising_error(model, noise_scheduler, x0, cond=cond)
+                L = denoising_error(s.model, noise_scheduler, x0, cond=cond)
                 loss = objective(L, y)
+            # 2. Backward and the optimizer step, outside autocast.
             accelerator.backward(loss)
             grad_norm = None
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+                grad_norm = accelerator.clip_grad_norm_(s.params, config.max_grad_norm)
+            s.optimizer.step()
             # Stepped every step, also when the fp16 grad scaler skips one (a handful of early steps):
             # fused AdamW hides skipped steps from accelerate, and the schedule barely moves meanwhile.
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            s.lr_scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
             step += 1
-            r_s, r_n = pu_risks(L.detach(), y, beta)
+            # 3. Bookkeeping: the logged risks, the non-finite guard, where the loop stands.
+            r_s, r_n = pu_risks(L.detach(), y, spec.beta)
             stats.add(loss=loss, R_S=r_s, R_N=r_n, n_sensitive=y.sum())
-            guard.observe(step, loss, r_s, r_n, grad_norm)
+            s.guard.observe(step, loss, r_s, r_n, grad_norm)
             progress.step, progress.batch = step, progress.batch + 1
+            # 4. A training state when due, never of a diverged model.
             save = checkpointing is not None and checkpointing.due(step)
-            if save or guard.due(step):
-                stop_if_diverged(guard, checkpointing)   # before a save: a bad state is never written
+            if save or s.guard.due(step):
+                stop_if_diverged(s.guard, checkpointing)
             if save:
                 progress.stats = stats.state(accelerator)
-                checkpointing.save(accelerator, progress, settings)
+                checkpointing.save(accelerator, progress, s.settings)
             if step % 10 == 0 or step == 1:
                 bar.set_postfix(loss=f"{loss.item():.4g}")
-        stop_if_diverged(guard, checkpointing)
+        stop_if_diverged(s.guard, checkpointing)
         progress.batch = 0
-        means = stats.means(accelerator)
-        if accelerator.is_main_process:
-            print(f"epoch {epoch + 1}/{config.num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
-            if writer is not None:
-                for k, v in means.items():
-                    if algorithm == "PU" or k not in ("R_S", "R_N"):
-                        writer.add_scalar(f"train/{k}", v, epoch + 1)
-                writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], epoch + 1)
+        log_epoch(accelerator, s, spec, stats, epoch, writer)
     accelerator.wait_for_everyone()
     # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
     # no autocast patch on forward (a later prepare would stack a second one).
-    return accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    return accelerator.unwrap_model(s.model, keep_fp32_wrapper=False, keep_torch_compile=False)

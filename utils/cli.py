@@ -1,0 +1,146 @@
+"""The command line the scripts share: argument types and groups, each option declared once.
+
+Training scripts take `add_run_args` (+ `add_eval_args` for the pixel-space ones); the evaluators
+and make-sd-data.py take the single options they share with them (`add_pretrained_model`,
+`add_num_inference_steps`, `add_output_dir`, `add_eval_args`), so an option has one name, one type
+and one help text everywhere. Bad values fail in argparse (exit 2) before anything runs.
+"""
+import argparse
+
+from configs import DEFAULT_BETA, DEFAULT_SEED
+from losses import ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS
+from utils.checkpointing import LATEST
+from utils.data import DATA_ON_DEVICE
+from utils.sampling import AUTO
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+SEED_LIMIT = 2 ** 32            # numpy and torch seeds must lie in [0, 2**32)
+
+
+def beta_value(text):
+    beta = float(text)
+    if not 0.0 <= beta < 1.0:
+        raise argparse.ArgumentTypeError(f"beta must be in [0, 1), got {text}; it is the share of "
+                                         f"sensitive data in the unlabeled set, e.g. 0.1")
+    return beta
+
+
+def seed_value(text):
+    seed = int(text)
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**32), got {text}; numpy and torch accept "
+                                         f"no other, e.g. --seed 0")
+    return seed
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def batch_size_or_auto(text):
+    """A positive batch size, or 'auto': the largest that fits, found when sampling starts."""
+    return AUTO if text == AUTO else positive_int(text)
+
+
+# Config fields a registry script may override from the command line, with their types and meaning.
+DATA_COUNT_ARGS = {"n_u_normal": (positive_int, "normal images in U"),
+                   "n_u_sensitive": (non_negative_int, "sensitive images hidden in U"),
+                   "n_s": (positive_int, "labeled sensitive images S"),
+                   "n_test": (positive_int, "normal test images, the FID reference")}
+# Config fields every training script may override, and their types.
+TRAINING_OVERRIDES = {"num_epochs": positive_int, "batch_size": positive_int, "learning_rate": positive_float}
+
+
+def add_num_inference_steps(parser, help="sampling steps (default: the config's)", **kwargs):
+    parser.add_argument("--num_inference_steps", type=positive_int, help=help, **kwargs)
+
+
+def add_output_dir(parser, default=".", help="root that receives checkpoints/ and outputs/ (default: the current folder)"):
+    parser.add_argument("--output_dir", default=default, help=help)
+
+
+def add_pretrained_model(parser, default=None, help="hub id or saved pipeline folder (default: %(default)s)"):
+    parser.add_argument("--pretrained_model", default=default, help=help)
+
+
+def add_run_args(parser, configs=None, default_config=None):
+    """The arguments every training script takes; `configs` are the config names it supports."""
+    if configs is not None:
+        parser.add_argument("--config_name", default=default_config, choices=configs,
+                            help="experiment from the config registry (default: %(default)s)")
+        counts = parser.add_argument_group("PU data counts (ablations and small trial runs)")
+        for name, (kind, what) in DATA_COUNT_ARGS.items():
+            counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
+    parser.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS), help="training objective (default: PU)")
+    parser.add_argument("--beta", type=beta_value, default=None,
+                        help=f"class prior: share of sensitive data in U, used by PU only (default: {DEFAULT_BETA})")
+    parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED,
+                        help="seeds training, the PU split and sampling, in [0, 2**32) (default: %(default)s)")
+    parser.add_argument("--pu_correction", default=DEFAULT_CORRECTION, choices=PU_CORRECTIONS,
+                        help="non-negativity correction of R_N: abs (R_S + |R_N|) or nn (default: %(default)s)")
+    for name, kind in TRAINING_OVERRIDES.items():
+        parser.add_argument(f"--{name}", type=kind, help="default: the config's")
+    add_num_inference_steps(parser)
+    parser.add_argument("--data_dir", default="datasets",
+                        help="data folder: torchvision datasets download here; main-sd.py reads "
+                             "0_unlabeled/ and 1_positive/ from it (default: %(default)s)")
+    add_output_dir(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
+    state = parser.add_argument_group("training states (resume after a crash or a preemption)")
+    state.add_argument("--checkpointing_steps", type=positive_int,
+                       help="save the full training state every N optimizer steps to checkpoints/{key}.state/")
+    state.add_argument("--checkpoints_total_limit", type=positive_int,
+                       help="keep only the newest K training states (default: all)")
+    state.add_argument("--resume_from_checkpoint", metavar="latest|PATH",
+                       help=f"continue from a saved training state: '{LATEST}' (this run's newest; a fresh "
+                            f"start if none) or a checkpoint-STEP folder")
+    gpu = parser.add_argument_group("precision and speed (results keep the same math)")
+    gpu.add_argument("--mixed_precision", choices=MIXED_PRECISION,
+                     help="autocast precision (default: fp16 on CUDA, no on CPU)")
+    gpu.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
+                     help="TF32 matmuls on Ampere+ GPUs (default: on)")
+    gpu.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
+    gpu.add_argument("--compile", action="store_true",
+                     help="torch.compile the UNet for training; the first steps pay for the compilation")
+    gpu.add_argument("--data_on_device", choices=DATA_ON_DEVICE, default="auto",
+                     help="keep the training images on the GPU: auto (when they take at most a quarter of "
+                          "its free memory), yes or no (default: auto)")
+    return parser
+
+
+def add_eval_args(parser, default_samples=None, allow_zero=True, pixel=True):
+    """How many images an evaluation draws; `--num_samples` is an alias of `--num_eval_samples`.
+
+    `pixel` adds the sampling batch and the local-weights options of the pixel-space evaluation.
+    """
+    evaluation = parser.add_argument_group("evaluation (non-sensitive rate and FID)")
+    default = "the config's num_eval_samples" if default_samples is None else "%(default)s"
+    evaluation.add_argument("--num_eval_samples", "--num_samples", dest="num_eval_samples",
+                            type=non_negative_int if allow_zero else positive_int, default=default_samples,
+                            help=f"generated images to evaluate{'; 0 skips the evaluation' if allow_zero else ''} "
+                                 f"(default: {default})")
+    if pixel:
+        evaluation.add_argument("--eval_batch_size", type=batch_size_or_auto, default=AUTO,
+                                help="images per sampling batch: a number, or auto (the largest that fits on "
+                                     "CUDA, found by trial; a fixed size on CPU) (default: auto)")
+        evaluation.add_argument("--classifier_weights",
+                                help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
+        evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
+    return parser
