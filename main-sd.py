@@ -40,6 +40,8 @@ def parse_args(argv=None):
 def main(args):
     run = Run.resolve(args, "main_sd", SD_CONFIG_NAME, SD_CONFIG.for_algorithm(args.algorithm),
                       resolution=args.resolution)
+    if run.done:   # finished earlier with these settings; evaluate-sd.py re-evaluates it
+        return
     files = validate_sd_folder(args.data_dir, run.config)
     clip = load_clip(args.clip_model) if args.num_eval_samples else None
     pipe = load_stable_diffusion(args.pretrained_model)

@@ -20,11 +20,14 @@ from PIL import Image
 
 from fixtures import write_cifar10
 from tiny_models import load_script, save_tiny_stable_diffusion
+from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
 from utils.errors import USAGE_EXIT_CODE
 
 DIGITS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20", "--n_s", "20",
           "--num_epochs", "1", "--batch_size", "32", "--num_inference_steps", "2", "--num_eval_samples", "0"]
-KEY = "main_Digits_even_Unsupervised_0.0_42"
+DIGITS_TAGS = "nUn200_nUs20_nS20_ep1_steps2"     # the key tags of the overrides in DIGITS
+KEY = f"main_Digits_even_Unsupervised_0.0_{DIGITS_TAGS}_42"
+CIFAR_TAGS = "nUn8_nUs1_nS2_nT4"
 CIFAR = ["--config_name", "CIFAR10_vehicles", "--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2",
          "--n_test", "4", "--num_eval_samples", "0"]
 SD = ["--num_eval_samples", "0", "--resolution", "16", "--num_epochs", "1"]
@@ -103,7 +106,7 @@ def test_beta_with_a_non_pu_algorithm_is_recorded_as_zero_and_said(tmp_path, cap
     main.main(main.parse_args([*DIGITS, "--algorithm", "Supervised", "--beta", "0.3", "--output_dir",
                                str(tmp_path)]))
     assert "note: --beta 0.3 is used by PU only; Supervised records beta as 0.0" in capsys.readouterr().out
-    checkpoint = tmp_path / "checkpoints" / "main_Digits_even_Supervised_0.0_42"
+    checkpoint = tmp_path / "checkpoints" / f"main_Digits_even_Supervised_0.0_{DIGITS_TAGS}_42"
     record = json.loads((checkpoint / "run_config.json").read_text())
     assert record["beta"] == 0.0
 
@@ -126,14 +129,20 @@ def test_resume_from_another_runs_training_state(finished, tmp_path, capsys):
     state = finished / "checkpoints" / f"{KEY}.state" / "checkpoint-4"
     line = refused("main.py", [*DIGITS, "--algorithm", "PU", "--output_dir", tmp_path / "out",
                                "--resume_from_checkpoint", state], capsys, tmp_path)
-    assert f"is a training state of run {KEY}, not of main_Digits_even_PU_0.1_42" in line
+    assert f"is a training state of run {KEY}, not of main_Digits_even_PU_0.1_{DIGITS_TAGS}_42" in line
 
 
 def test_resume_with_other_settings(states, capsys):
-    out, _ = states
+    # Every option that changes training also changes the key, so a state under the same key with
+    # other settings comes from another version of a config: its record says so.
+    out, state_dir = states
+    for state in list_checkpoints(state_dir):
+        record = json.loads((state / TRAINING_STATE_FILE).read_text())
+        record["settings"]["adam_weight_decay"] = 0.5
+        (state / TRAINING_STATE_FILE).write_text(json.dumps(record))
     argv = [*DIGITS, "--algorithm", "Unsupervised", "--output_dir", out, "--resume_from_checkpoint", "latest"]
-    line = refused("main.py", [*argv, "--batch_size", "16"], capsys, out)
-    assert "was made with batch_size = 32, this run has 16" in line
+    line = refused("main.py", argv, capsys, out)
+    assert "was made with adam_weight_decay = 0.5, this run has 0.01" in line
 
 
 def test_resume_from_an_incomplete_training_state(states, capsys):
@@ -221,7 +230,7 @@ def test_fine_tuning_resumed_from_a_main_py_training_state(cifar, finished, tmp_
     line = refused("main-ft.py", [*CIFAR, "--data_dir", cifar, "--pretrained_model", finished / "checkpoints" / KEY,
                                   "--output_dir", tmp_path / "out", "--resume_from_checkpoint", state],
                    capsys, tmp_path)
-    assert f"is a training state of run {KEY}, not of main_ft_CIFAR10_vehicles_PU_0.1_42" in line
+    assert f"is a training state of run {KEY}, not of main_ft_CIFAR10_vehicles_PU_0.1_{CIFAR_TAGS}_42" in line
 
 
 # --- main-sd.py -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_pu_split_depends_only_on_the_seed():
 def run(out, seed, capsys):
     """main.py in this process: (epoch lines, UNet weights, grid PNG bytes)."""
     main.main(main.parse_args([*ARGS, "--seed", str(seed), "--output_dir", str(out)]))
-    key = f"main_Digits_even_PU_0.1_{seed}"
+    key = f"main_Digits_even_PU_0.1_nUn200_nUs20_nS20_ep1_steps2_{seed}"
     epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     weights = load_file(out / "checkpoints" / key / "unet" / "diffusion_pytorch_model.safetensors")
     return epochs, weights, (out / "outputs" / "images" / f"{key}.png").read_bytes()

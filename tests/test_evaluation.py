@@ -37,7 +37,7 @@ from utils.report import build_tables, load_results  # noqa: E402
 from utils.run import Run  # noqa: E402
 
 DIGITS = "Digits_even"
-KEY = "main_Digits_even_PU_0.1_42"
+KEY = "main_Digits_even_PU_0.1_nUn100_nUs10_nS10_nT40_ep1_steps2_42"   # the tiny run: main.py with TINY_COUNTS
 USAGE_EXIT = 2
 # A smaller split than the config's keeps main.py to a few batches; evaluate.py must take the recorded
 # n_test (the FID reference size) from the checkpoint rather than the registry's 145.
@@ -228,8 +228,9 @@ def test_result_key_is_tagged_only_when_steps_differ_from_the_config():
     config = get_config(DIGITS)
     run = Run(script="main", config_name=DIGITS, config=config, algorithm="PU", beta=0.1, seed=42,
               pu_correction="abs", root=Path("."))
-    assert run.result_key(config.num_inference_steps) == KEY
-    assert run.result_key(7) == f"{KEY}_steps7"
+    key = "main_Digits_even_PU_0.1_42"
+    assert run.result_key(config.num_inference_steps) == key
+    assert run.result_key(7) == f"{key}_steps7"
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +269,8 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, digits_classi
     assert set(result["times"]) >= {"classifier_s", "sampling_s", "metrics_s", "total_s"}
     assert {"torch", "diffusers", "torchmetrics"} <= set(result["versions"])
     tables, rows = build_tables(load_results(out / "outputs" / "results"))   # report.py reads it
-    assert list(rows.values()) == ["PU"] and tables[0][3][("PU", 0.1, ""), DIGITS][2] == 1
+    tags = ("nUn100", "nUs10", "nS10", "nT40", "ep1", "steps2")     # the run's overrides: a row of their own
+    assert list(rows.values()) == [f"PU ({', '.join(tags)})"] and tables[0][3][("PU", 0.1, tags, ""), DIGITS][2] == 1
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "stable diffusion run"])

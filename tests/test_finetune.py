@@ -37,7 +37,7 @@ def test_main_ft_finetunes_and_saves_a_ddim_pipeline(tmp_path, cifar, pretrained
                  "--data_dir", str(cifar), "--output_dir", str(out), *COUNTS, "--num_epochs", "1",
                  "--batch_size", "4", "--num_inference_steps", "2", "--num_eval_samples", "0"])
     assert "epoch 1/1 " in capsys.readouterr().out
-    key = f"main_ft_{CONFIG}_PU_0.1_42"
+    key = f"main_ft_{CONFIG}_PU_0.1_nUn8_nUs1_nS2_nT4_ep1_bs4_steps2_42"
     ckpt = out / "checkpoints" / key
 
     before = load_file(pretrained / "unet" / "diffusion_pytorch_model.safetensors")

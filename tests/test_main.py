@@ -19,7 +19,7 @@ from fixtures import offline_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-KEY = "main_Digits_even_PU_0.1_42"
+KEY = "main_Digits_even_PU_0.1_ep1_steps2_42"     # QUICK's overrides tag the key
 QUICK = ["--config_name", "Digits_even", "--num_epochs", "1", "--num_inference_steps", "2"]
 DIGITS_SIZE = 16
 GRID_SIDE = 8 * DIGITS_SIZE + 9 * 2     # torchvision's save_image: 8 images a row, 2 px padding around each

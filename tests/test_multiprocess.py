@@ -13,7 +13,7 @@ from fixtures import offline_env
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "main_Digits_even_PU_0.1_0"
+KEY = "main_Digits_even_PU_0.1_nUn200_nUs20_nS20_ep1_steps2_0"
 PROCESSES = 2
 # 240 images in batches of 32 are 8 batches an epoch: 4 for each process.
 ARGS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20", "--n_s", "20",

@@ -51,7 +51,7 @@ class Case:
 DIGITS = Case("main.py", ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20",
                           "--n_s", "20", "--num_epochs", "2", "--batch_size", "32", "--num_inference_steps", "2",
                           "--num_eval_samples", "0", "--seed", "0"],
-              key="main_Digits_even_PU_0.1_0", steps=16, every=3, kill_after=6)   # 2 epochs of 8 batches
+              key="main_Digits_even_PU_0.1_nUn200_nUs20_nS20_ep2_steps2_0", steps=16, every=3, kill_after=6)   # 2 epochs of 8 batches
 
 
 def run_killed(case, out, *extra):
@@ -123,14 +123,15 @@ def test_killed_fine_tuning_run_resumes_to_identical_weights(tmp_path, capsys):
                                "--data_dir", str(data), "--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2",
                                "--n_test", "4", "--num_epochs", "10", "--batch_size", "2",
                                "--num_inference_steps", "2", "--num_eval_samples", "0", "--seed", "0"],
-                key="main_ft_CIFAR10_vehicles_PU_0.1_0", steps=60, every=4, kill_after=8)
+                key="main_ft_CIFAR10_vehicles_PU_0.1_nUn8_nUs1_nS2_nT4_ep10_bs2_steps2_0", steps=60, every=4, kill_after=8)
     check_kill_and_resume(case, tmp_path, capsys)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, capsys):
     # A learning rate of 1e38 is accepted (it is positive) and wrecks the weights: the warmup gives
     # step 1 a rate of 0, step 2 a rate of 1e36, and step 3's forward pass overflows.
-    state_dir = tmp_path / "checkpoints" / f"{DIGITS.key}.state"
+    key = DIGITS.key.replace("_steps2", "_lr1e+38_steps2")     # the override tags the key
+    state_dir = tmp_path / "checkpoints" / f"{key}.state"
     with pytest.raises(SystemExit) as stopped:
         DIGITS.run(tmp_path, "--learning_rate", "1e38", "--checkpointing_steps", "1")
     assert stopped.value.code == DIVERGED_EXIT_CODE
@@ -140,5 +141,5 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, c
     assert f"the last good training state is {state_dir / 'checkpoint-2'}" in error
     assert [p.name for p in list_checkpoints(state_dir)] == ["checkpoint-1", "checkpoint-2"]
     assert not list(state_dir.glob(".*"))
-    assert not (tmp_path / "checkpoints" / DIGITS.key).exists()
+    assert not (tmp_path / "checkpoints" / key).exists()
     assert not (tmp_path / "outputs" / "images").exists()

@@ -114,7 +114,7 @@ def test_main_sd_trains_only_the_unet_and_evaluates(tmp_path, tiny_sd, capsys):
         "--output_dir", str(out), "--num_epochs", "1", "--batch_size", "3", "--resolution", str(RESOLUTION),
         "--num_inference_steps", "2", "--num_workers", "0", "--num_eval_samples", "4",
         "--clip_model", str(tiny_sd["clip"])]))
-    key = "main_sd_PU_0.1_42"
+    key = f"main_sd_PU_0.1_ep1_bs3_steps2_res{RESOLUTION}_42"
     assert "epoch 1/1 " in capsys.readouterr().out     # --num_epochs overrides the config's 1000
     ckpt = out / "checkpoints" / key
     for part in ("vae", "text_encoder", "unet"):

@@ -6,8 +6,10 @@ and keeps the labels y in an array beside the dataset: nothing is ever written i
 dataset. Deterministic transforms are applied once (`materialize`) and the results kept as tensors,
 since redoing them per item per epoch would make the loop data-bound.
 """
+import gzip
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +55,35 @@ class CelebA(tvd.CelebA):
                 and os.path.isdir(os.path.join(folder, "img_align_celeba")))
 
 
+def gunzip_placed(raw_folder):
+    """Decompress every `*.gz` idx file placed in `raw_folder` whose decompressed copy is missing.
+
+    torchvision reads the decompressed idx files and only decompresses its own downloads, whose md5
+    it knows; copies placed by hand (Debian's dataset-fashion-mnist package recompresses them, so
+    their md5 differs) are decompressed here, written aside and renamed.
+    """
+    if not os.path.isdir(raw_folder):
+        return
+    for name in os.listdir(raw_folder):
+        target = os.path.join(raw_folder, name[:-len(".gz")])
+        if name.endswith(".gz") and not os.path.exists(target):
+            with gzip.open(os.path.join(raw_folder, name), "rb") as src, open(target + ".tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(target + ".tmp", target)
+
+
+class MNIST(tvd.MNIST):
+    def __init__(self, root, *args, **kwargs):
+        gunzip_placed(os.path.join(root, type(self).__name__, "raw"))
+        super().__init__(root, *args, **kwargs)
+
+
+class FashionMNIST(tvd.FashionMNIST):
+    def __init__(self, root, *args, **kwargs):
+        gunzip_placed(os.path.join(root, type(self).__name__, "raw"))
+        super().__init__(root, *args, **kwargs)
+
+
 class Digits(Dataset):
     """scikit-learn's bundled 8x8 handwritten digits as 3-channel images in [0, 1], upsampled (bilinear)."""
 
@@ -91,7 +122,12 @@ def load_digits(data_dir, train, transform, image_size):
 
 
 def load_mnist(data_dir, train, transform, image_size):
-    ds = tvd.MNIST(data_dir, train=train, transform=transform, download=True)
+    ds = MNIST(data_dir, train=train, transform=transform, download=True)
+    return ds, ds.targets.numpy()
+
+
+def load_fashion_mnist(data_dir, train, transform, image_size):
+    ds = FashionMNIST(data_dir, train=train, transform=transform, download=True)
     return ds, ds.targets.numpy()
 
 
@@ -142,6 +178,8 @@ DATASETS = {
     # 98-99% held-out classifier accuracy on either digits split in about 10 s on one CPU core.
     "Digits": DatasetSpec(load_digits, no_steps, Recipe("cnn", 10, 32, 2e-3, flip=False), from_scratch=True),
     "MNIST": DatasetSpec(load_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False), from_scratch=True),
+    "FashionMNIST": DatasetSpec(load_fashion_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False),
+                                from_scratch=True),
     "CIFAR10": DatasetSpec(load_cifar10, as_is, Recipe("resnet18", 3, 128, 1e-4, flip=True), from_scratch=True),
     "STL10": DatasetSpec(load_stl10, as_is, Recipe("resnet18", 10, 64, 1e-4, flip=True), from_scratch=True),
     "CelebA": DatasetSpec(load_celeba, resized_center_crop, Recipe("resnet18", 2, 128, 1e-4, flip=True),

@@ -7,7 +7,7 @@ and the classifier-feature Frechet distance against the normal-only test set (ut
 writes `{output_dir}/outputs/results/{key}.json` in the schema report.py reads:
 
     {key, script, run_key, checkpoint, config_name, dataset, algorithm, beta, seed, pu_correction,
-     key_tags, sampler, num_inference_steps, num_samples,
+     key_tags, n_u_normal, n_u_sensitive, n_s, sampler, num_inference_steps, num_samples,
      metrics: {non_sensitive_rate, classifier_accuracy, fid, fd_classifier},
      fid_error, classifier: {...}, n_reference, device, sampling_dtype,
      times: {classifier_s, sampling_s, metrics_s, total_s, train_s}, versions: {...}}
@@ -117,6 +117,7 @@ def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, da
     result = dict(key=key, script=run.script, run_key=run.key, checkpoint=str(checkpoint or run.checkpoint_dir),
                   config_name=run.config_name, dataset=config.dataset, algorithm=run.algorithm,
                   beta=run.beta, seed=run.seed, pu_correction=run.pu_correction, key_tags=list(run.tags),
+                  n_u_normal=config.n_u_normal, n_u_sensitive=config.n_u_sensitive, n_s=config.n_s,
                   sampler=config.sampler, num_inference_steps=steps, num_samples=num_samples,
                   device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",
                   **evaluation, versions=package_versions())

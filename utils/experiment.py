@@ -5,12 +5,14 @@ with the one loop (utils.training) and differ only in their data, in how a batch
 input and in what they sample and judge afterwards. Everything that can fail on bad input is
 checked before the first write.
 """
+import json
+
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from utils.data import load_pu_data
-from utils.evaluation import check_eval_args, evaluate_and_save
-from utils.files import write_file_atomically
+from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model
+from utils.files import RESULTS_DIR, write_file_atomically
 from utils.run import save_pipeline, seed_everything
 from utils.sampling import GRID_SAMPLES, generate, sampling_precision, save_grid
 from utils.training import train
@@ -28,6 +30,29 @@ def train_run(run, model, noise_scheduler, dataset, **loop_options):
     return model
 
 
+def eval_samples(run):
+    """The number of samples the run's evaluation draws (--num_eval_samples, else the config's)."""
+    n = run.args.num_eval_samples
+    return run.config.num_eval_samples if n is None else n
+
+
+def evaluate_if_missing(run):
+    """A finished run re-run: evaluate it only where no result with these evaluation settings exists."""
+    args = run.args
+    if not run.accelerator.is_main_process or not eval_samples(run):
+        return None, None
+    path = run.root / RESULTS_DIR / f"{run.result_key(run.config.num_inference_steps)}.json"
+    if path.is_file() and json.loads(path.read_text()).get("num_samples") == eval_samples(run):
+        print(f"{run.key}: results in {path}; nothing to do")
+        return None, None
+    device, dtype = sampling_precision(run.accelerator.device, run.accelerator.mixed_precision)
+    unet, noise_scheduler = load_checkpoint_model(run.checkpoint_dir, device)
+    evaluate_and_save(run, unet, noise_scheduler, num_samples=eval_samples(run), batch_size=args.eval_batch_size,
+                      data_dir=args.data_dir, device=device, dtype=dtype, classifier_weights=args.classifier_weights,
+                      inception_weights=args.inception_weights)
+    return unet, None
+
+
 def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     """Train `unet` on `run`'s PU data, save a `pipeline_cls` checkpoint and an 8 x 8 sample grid,
     then (unless --num_eval_samples 0) evaluate it into outputs/results/{key}.json (utils.evaluation).
@@ -36,6 +61,8 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     """
     args, config, accelerator = run.args, run.config, run.accelerator
     check_eval_args(args.classifier_weights, args.inception_weights)
+    if run.done:
+        return evaluate_if_missing(run)
     with accelerator.main_process_first():   # one process downloads; the others then read its files
         data = load_pu_data(config, args.data_dir, run.seed)
     if accelerator.is_main_process:
@@ -55,9 +82,8 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
                       seed=run.seed, dtype=dtype, desc="sample grid")
     grid = write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
     print(f"saved {path} and {grid}")
-    num_samples = config.num_eval_samples if args.num_eval_samples is None else args.num_eval_samples
-    if num_samples:
-        evaluate_and_save(run, unet, noise_scheduler, num_samples=num_samples, batch_size=args.eval_batch_size,
+    if eval_samples(run):
+        evaluate_and_save(run, unet, noise_scheduler, num_samples=eval_samples(run), batch_size=args.eval_batch_size,
                           data_dir=args.data_dir, device=device, dtype=dtype, reference=data.test,
                           classifier_weights=args.classifier_weights, inception_weights=args.inception_weights)
     return unet, data

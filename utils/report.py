@@ -1,7 +1,9 @@
 """The paper's table layout from result JSON files (report.py): grouping, mean +- std, Markdown, CSV, plot.
 
-report.py's docstring states the result schema. Rows are (algorithm, beta, sampling) keys, columns
-config names tagged with the script; each table maps (row, column) to (mean, sample std, n) over seeds.
+report.py's docstring states the result schema. Rows are (algorithm, beta, key tags, sampling) keys,
+so that runs which differ in a setting (an ablation: --n_s 30, --pu_correction nn) get rows of their
+own and only the seed is averaged; columns are config names tagged with the script; each table maps
+(row, column) to (mean, sample std, n) over seeds.
 """
 import csv
 import io
@@ -52,8 +54,18 @@ def sampling_of(r):
     return f"{r.get('sampler') or ''} {r.get('num_inference_steps') or ''}".strip()
 
 
+def tags_of(r):
+    """The run's key tags (settings that differ from its config's), as a tuple; () for default runs."""
+    return tuple(r.get("key_tags") or ())
+
+
+def n_s_of(r):
+    """The labeled-set size |S| the run trained with, where the result records it."""
+    return r.get("n_s")
+
+
 def row_keys(results):
-    """Row key (algorithm, beta, sampling) of each result and a label for each row."""
+    """Row key (algorithm, beta, key tags, sampling) of each result and a label for each row."""
     betas = defaultdict(set)
     for r in results:
         betas[r["algorithm"]].add(float(r["beta"]))
@@ -61,16 +73,17 @@ def row_keys(results):
     # would average over several sampling settings splits the rows by them.
     samplings = defaultdict(set)
     for r in results:
-        samplings[r["algorithm"], float(r["beta"]), column_of(r)].add(sampling_of(r))
+        samplings[r["algorithm"], float(r["beta"]), tags_of(r), column_of(r)].add(sampling_of(r))
     mixed_sampling = any(len(s) > 1 for s in samplings.values())
-    keys = [(r["algorithm"], float(r["beta"]), sampling_of(r) if mixed_sampling else "") for r in results]
+    keys = [(r["algorithm"], float(r["beta"]), tags_of(r), sampling_of(r) if mixed_sampling else "") for r in results]
 
     def label(key):
-        algorithm, beta, sampling = key
-        text = f"{algorithm} (β={beta:g})" if len(betas[algorithm]) > 1 else algorithm
+        algorithm, beta, tags, sampling = key
+        inside = ([f"β={beta:g}"] if len(betas[algorithm]) > 1 else []) + list(tags)
+        text = f"{algorithm} ({', '.join(inside)})" if inside else algorithm
         return f"{text}, {sampling}" if sampling else text
     order = {a: i for i, a in enumerate(ALGORITHM_ORDER)}
-    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2]))
+    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2], k[3]))
     return keys, {k: label(k) for k in rows}
 
 
@@ -150,11 +163,13 @@ def markdown(tables, rows):
 def csv_text(tables, rows):
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["metric", "algorithm", "beta", "sampling", "row", "column", "mean", "std", "n"])
+    writer.writerow(["metric", "algorithm", "beta", "key_tags", "sampling", "row", "column", "mean", "std", "n"])
     for _, metric_of, _, cells in tables:
         for (row, col), stats in cells.items():
             mean, std, n = stats if stats else ("", "", 0)
-            writer.writerow([metric_of[col], *row, rows[row], col, mean, "" if std is None else std, n])
+            algorithm, beta, tags, sampling = row
+            writer.writerow([metric_of[col], algorithm, beta, "_".join(tags), sampling, rows[row], col, mean,
+                             "" if std is None else std, n])
     return buffer.getvalue()
 
 
@@ -167,17 +182,59 @@ def panel_title(metric_of):
     return ", ".join(sorted(metrics))
 
 
+def sweeps(results, x_of, group_of):
+    """{(column, group): [(x, stats of the rate)]} for every group whose results span several x values."""
+    points = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        x = x_of(r)
+        if x is not None and r["metrics"].get(RATE) is not None:
+            points[column_of(r), group_of(r)][x].append(r["metrics"][RATE])
+    return {k: [(x, summarize(v)) for x, v in sorted(by_x.items())] for k, by_x in points.items() if len(by_x) > 1}
+
+
+def without_n_s(tags):
+    return tuple(t for t in tags if not t.startswith("nS"))
+
+
+def group_label(column, group):
+    return ", ".join([str(g) for g in group if g not in ((), "")] + [column])
+
+
+def reference_levels(results):
+    """(label, mean rate) of the default runs of each algorithm that does not use beta (Unsupervised,
+    Supervised): the levels a sweep of PU is read against."""
+    rates = defaultdict(list)
+    for r in results:
+        algorithm = ALGORITHMS.get(r["algorithm"])
+        if algorithm and not algorithm.uses_beta and not tags_of(r) and r["metrics"].get(RATE) is not None:
+            rates[r["algorithm"], column_of(r)].append(r["metrics"][RATE])
+    return [(f"{a}, {c}", summarize(v)[0]) for (a, c), v in sorted(rates.items())]
+
+
+def plot_sweep(ax, series, references, xlabel, title):
+    """The rate (mean +- std over seeds) along each series; `references` as horizontal lines."""
+    for i, ((column, group), points) in enumerate(sorted(series.items(), key=str)):
+        ax.errorbar([x for x, _ in points], [s[0] for _, s in points], yerr=[s[1] or 0 for _, s in points],
+                    marker="o", capsize=3, color=f"C{i}", label=group_label(column, group))
+    for j, (label, level) in enumerate(references):
+        ax.axhline(level, color="gray", linestyle=("--", ":", "-.")[j % 3], linewidth=1, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("non-sensitive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def plot(tables, rows, results, path):
-    """Bars per algorithm for the rate and FID tables; the rate against beta when several betas ran."""
+    """Bars per row for the rate and FID tables; the rate against beta and against |S| where the
+    results hold such a series (several betas, or several |S|, of one algorithm and setting)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [t for t in tables if set(t[1].values()) & {RATE, FID, FD_CLASSIFIER}] or tables[:1]
-    betas = defaultdict(set)
-    for r in results:
-        betas[r["algorithm"]].add(float(r["beta"]))
-    sweep = [a for a, b in betas.items() if len(b) > 1]
-    n_axes = len(panels) + bool(sweep)
+    beta_series = sweeps(results, lambda r: float(r["beta"]), lambda r: (r["algorithm"], tags_of(r)))
+    n_s_series = sweeps(results, n_s_of, lambda r: (r["algorithm"], f"β={float(r['beta']):g}", without_n_s(tags_of(r))))
+    references = reference_levels(results)
+    n_axes = len(panels) + bool(beta_series) + bool(n_s_series)
     fig, axes = plt.subplots(1, n_axes, figsize=(5.5 * n_axes, 4), squeeze=False)
     for ax, (_, metric_of, headers, cells) in zip(axes[0], panels):
         cols = list(metric_of)
@@ -194,27 +251,12 @@ def plot(tables, rows, results, path):
         ax.set_xticks(range(len(cols)), [headers[c] for c in cols], rotation=20, ha="right", fontsize=7)
         ax.set_title(panel_title(metric_of), fontsize=9)
         ax.legend(fontsize=7)
-    if sweep:
-        ax = axes[0][-1]
-        for k, col in enumerate(sorted({column_of(r) for r in results})):
-            color = f"C{k}"
-            for algorithm in betas:
-                points = sorted(betas[algorithm])
-                stats = [summarize(r["metrics"].get(RATE) for r in results if column_of(r) == col
-                                   and r["algorithm"] == algorithm and float(r["beta"]) == b) for b in points]
-                kept = [(b, s) for b, s in zip(points, stats) if s]
-                if not kept:
-                    continue
-                if algorithm in sweep:
-                    ax.errorbar([b for b, _ in kept], [s[0] for _, s in kept], yerr=[s[1] or 0 for _, s in kept],
-                                marker="o", capsize=3, color=color, label=f"{algorithm}, {col}")
-                else:   # a single-beta algorithm is a reference level across the sweep
-                    ax.axhline(kept[0][1][0], color=color, linestyle="--" if algorithm == "Unsupervised" else ":",
-                               linewidth=1, label=f"{algorithm}, {col}")
-        ax.set_xlabel("β (class prior)")
-        ax.set_ylabel("non-sensitive rate")
-        ax.set_title("Non-sensitive rate against β", fontsize=9)
-        ax.legend(fontsize=7)
+    extra = iter(axes[0][len(panels):])
+    if beta_series:
+        plot_sweep(next(extra), beta_series, references, "β (class prior)", "Non-sensitive rate against β")
+    if n_s_series:
+        plot_sweep(next(extra), n_s_series, references, "|S| (labeled sensitive images)",
+                   "Non-sensitive rate against |S|")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from configs import DEFAULT_BETA, with_overrides
 from configs.sd import SD_CONFIG_NAME
 from losses import DEFAULT_CORRECTION, get_algorithm
-from utils.checkpointing import Checkpointing
+from utils.checkpointing import LATEST, SAMPLING_FIELDS, Checkpointing
 from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES
 from utils.errors import UsageError
 from utils.files import RUN_CONFIG_FILE, save_folder_atomically
@@ -89,6 +89,7 @@ class Run:
     checkpointing: Checkpointing = None
     started: float = field(default_factory=time.time)
     train_seconds: float = None      # a finished run's training time, from its record
+    done: bool = False               # finished earlier with these settings: nothing to train
 
     @property
     def key(self):
@@ -133,11 +134,12 @@ class Run:
                 print(f"note: --beta {args.beta} is used by PU only; {args.algorithm} records beta as 0.0")
         run = cls(script=script, config_name=config_name, config=config, algorithm=args.algorithm, beta=beta,
                   seed=args.seed, pu_correction=args.pu_correction, root=Path(args.output_dir),
-                  args=args)
+                  tags=tuple(key_tags(config, base, args.pu_correction)), args=args)
         run.check_writable()
         run.accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
-        run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
-                                                    run.training_spec.settings(run.accelerator))
+        if not run.done:
+            run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
+                                                        run.training_spec.settings(run.accelerator))
         return run
 
     @classmethod
@@ -157,11 +159,32 @@ class Run:
         return [p for p in (self.checkpoint_dir, *images) if p.exists()]
 
     def check_writable(self):
+        """Refuse to touch a finished run, unless --overwrite replaces it or --resume_from_checkpoint
+        latest finds it finished with the same settings (`done`: nothing is trained or written)."""
         finished = self.finished_outputs()
         if finished and not self.args.overwrite:
-            raise UsageError(f"{finished[0]} holds a finished run; pass --overwrite to replace it "
-                             f"or choose another --seed or --output_dir")
+            if self.args.resume_from_checkpoint == LATEST and (self.checkpoint_dir / RUN_CONFIG_FILE).is_file():
+                self.check_same_settings(json.loads((self.checkpoint_dir / RUN_CONFIG_FILE).read_text()))
+                self.done = True
+                print(f"{self.key} is finished ({self.checkpoint_dir}); nothing to train")
+                return
+            raise UsageError(f"{finished[0]} holds a finished run; pass --resume_from_checkpoint latest to leave it "
+                             f"as it is, --overwrite to replace it, or choose another --seed or --output_dir")
         check_output_dir(self.root)
+
+    def check_same_settings(self, record):
+        """UsageError unless the finished run `record` (its run_config.json) trained what this run would."""
+        now = dict(self.to_settings(), pu_correction=self.pu_correction)
+        saved = dict({k: v for k, v in record["config"].items() if k in now}, pu_correction=record.get("pu_correction"))
+        changed = [k for k in now if saved.get(k) != now[k]]
+        if changed:
+            k = changed[0]
+            raise UsageError(f"{self.checkpoint_dir} holds a finished run made with {k} = {saved.get(k)!r}, this run "
+                             f"has {now[k]!r}; pass --overwrite to replace it or choose another --output_dir")
+
+    def to_settings(self):
+        """The config's training fields as JSON would hold them (what a finished run must match)."""
+        return {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in SAMPLING_FIELDS}
 
     def result_key(self, num_inference_steps):
         """The key of this run's results: its own, tagged _steps{N} when sampled with another step

@@ -10,13 +10,18 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+import shlex
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 
 from configs import DEFAULT_SEED
 from losses import DEFAULT_CORRECTION, denoising_error, get_algorithm, get_objective, pu_risks
 from utils.checkpointing import NonFiniteGuard, TrainingProgress, split_state, training_settings
 from utils.data import collate_batch, place_on_device
-from utils.errors import TrainingDiverged, UsageError
+from utils.checkpointing import LATEST
+from utils.errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
 def make_accelerator(mixed_precision=None, allow_tf32=True):
@@ -125,6 +130,66 @@ def stop_if_diverged(guard, checkpointing):
     raise TrainingDiverged(f"{message}; {kept}; lower --learning_rate or check the data")
 
 
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the loop to stop after the current step instead of killing
+    it mid-step; a second signal of the same kind stops at once (KeyboardInterrupt).
+
+    Cluster schedulers send SIGTERM some time before they kill a job, which leaves time to save a
+    training state. Handlers can be installed from the main thread only; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step", file=sys.stderr)
+
+    def requested(self, accelerator, step, every):
+        """Whether to stop now; with several processes agreed every `every` steps, so all stop alike."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        if step % every:
+            return False
+        flag = torch.tensor([self.received or 0], device=accelerator.device)
+        signum = int(accelerator.reduce(flag, "max").item())
+        self.received = self.received or signum or None
+        return signum > 0
+
+
+def resume_command():
+    """The command that started this process, with --resume_from_checkpoint latest."""
+    argv = list(sys.argv)
+    if "--resume_from_checkpoint" in argv:
+        argv[argv.index("--resume_from_checkpoint") + 1] = LATEST
+    else:
+        argv += ["--resume_from_checkpoint", LATEST]
+    return shlex.join(["python", *argv])
+
+
+def interrupted(signum, step, saved):
+    """The TrainingInterrupted to stop with, saying what was saved and how to go on."""
+    name = signal.Signals(signum).name
+    if saved is None:
+        return TrainingInterrupted(f"{name} at step {step}; no training state was saved (pass --checkpointing_steps N "
+                                   f"to make runs resumable); re-running the command starts over", signum)
+    return TrainingInterrupted(f"{name} at step {step}; training state saved to {saved}; resume with: "
+                               f"{resume_command()}", signum)
+
+
 @dataclass
 class Session:
     """A prepared training run: what `prepare` built and the loop reads."""
@@ -223,49 +288,61 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
         print(f"training: {len(s.loader)} steps of {config.batch_size} images per epoch{share}")
 
     progress, step = s.progress, s.progress.step
-    for epoch in range(progress.epoch, config.num_epochs):
-        s.model.train()
-        batches, stats = epoch_batches(s, epoch, accelerator.device)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
-                   total=len(s.loader), disable=not accelerator.is_local_main_process, leave=False)
-        for batch in bar:
-            # 1. The batch as model input; the per-sample error L and the objective under autocast.
-            x0, cond, y = to_model_input(batch)
-            if spec.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            y = y.to(x0.device, torch.float32)
-            with accelerator.autocast():
-                L = denoising_error(s.model, noise_scheduler, x0, cond=cond)
-                loss = objective(L, y)
-            # 2. Backward and the optimizer step, outside autocast.
-            accelerator.backward(loss)
-            grad_norm = None
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(s.params, config.max_grad_norm)
-            s.optimizer.step()
-            # Stepped every step, also when the fp16 grad scaler skips one (a handful of early steps):
-            # fused AdamW hides skipped steps from accelerate, and the schedule barely moves meanwhile.
-            s.lr_scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            # 3. Bookkeeping: the logged risks, the non-finite guard, where the loop stands.
-            r_s, r_n = pu_risks(L.detach(), y, spec.beta)
-            stats.add(loss=loss, R_S=r_s, R_N=r_n, n_sensitive=y.sum())
-            s.guard.observe(step, loss, r_s, r_n, grad_norm)
-            progress.step, progress.batch = step, progress.batch + 1
-            # 4. A training state when due, never of a diverged model.
-            save = checkpointing is not None and checkpointing.due(step)
-            if save or s.guard.due(step):
-                stop_if_diverged(s.guard, checkpointing)
-            if save:
-                progress.stats = stats.state(accelerator)
-                checkpointing.save(accelerator, progress, s.settings)
-            if step % 10 == 0 or step == 1:
-                bar.set_postfix(loss=f"{loss.item():.4g}")
-        stop_if_diverged(s.guard, checkpointing)
-        progress.batch = 0
-        log_epoch(accelerator, s, spec, stats, epoch, writer)
+    with StopSignals() as stop:
+        for epoch in range(progress.epoch, config.num_epochs):
+            step, stats = train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input,
+                                      checkpointing, stop, epoch, step)
+            log_epoch(accelerator, s, spec, stats, epoch, writer)
     accelerator.wait_for_everyone()
     # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
     # no autocast patch on forward (a later prepare would stack a second one).
     return accelerator.unwrap_model(s.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+
+
+def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input, checkpointing, stop, epoch, step):
+    """One epoch (or what is left of it) of the loop; returns the step count and the epoch's stats."""
+    config, progress = spec.config, s.progress
+    s.model.train()
+    batches, stats = epoch_batches(s, epoch, accelerator.device)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
+               total=len(s.loader), disable=not accelerator.is_local_main_process, leave=False)
+    for batch in bar:
+        # 1. The batch as model input; the per-sample error L and the objective under autocast.
+        x0, cond, y = to_model_input(batch)
+        if spec.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        y = y.to(x0.device, torch.float32)
+        with accelerator.autocast():
+            L = denoising_error(s.model, noise_scheduler, x0, cond=cond)
+            loss = objective(L, y)
+        # 2. Backward and the optimizer step, outside autocast.
+        accelerator.backward(loss)
+        grad_norm = None
+        if accelerator.sync_gradients:
+            grad_norm = accelerator.clip_grad_norm_(s.params, config.max_grad_norm)
+        s.optimizer.step()
+        # Stepped every step, also when the fp16 grad scaler skips one (a handful of early steps):
+        # fused AdamW hides skipped steps from accelerate, and the schedule barely moves meanwhile.
+        s.lr_scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        step += 1
+        # 3. Bookkeeping: the logged risks, the non-finite guard, where the loop stands.
+        r_s, r_n = pu_risks(L.detach(), y, spec.beta)
+        stats.add(loss=loss, R_S=r_s, R_N=r_n, n_sensitive=y.sum())
+        s.guard.observe(step, loss, r_s, r_n, grad_norm)
+        progress.step, progress.batch = step, progress.batch + 1
+        # 4. A training state when due or when a signal asks to stop, never of a diverged model.
+        stopping = stop.requested(accelerator, step, s.guard.every)
+        save = checkpointing is not None and (checkpointing.due(step) or stopping)
+        if save or s.guard.due(step):
+            stop_if_diverged(s.guard, checkpointing)
+        if save:
+            progress.stats = stats.state(accelerator)
+            checkpointing.save(accelerator, progress, s.settings)
+        if stopping:
+            raise interrupted(stop.received, step, checkpointing.last_saved() if save else None)
+        if step % 10 == 0 or step == 1:
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+    stop_if_diverged(s.guard, checkpointing)
+    progress.batch = 0
+    return step, stats
