@@ -157,7 +157,7 @@ def test_finished_run_with_other_settings_under_its_key_is_refused(reference, tm
     assert "made with adam_weight_decay = 0.5" in capsys.readouterr().err
 
 
-def test_two_overrides_at_one_seed_give_two_keys_and_two_report_rows(reference, tmp_path):
+def test_two_overrides_at_one_seed_give_two_report_rows(tmp_path):
     report = load_script("report.py")
     results = tmp_path / "results"
     results.mkdir()
@@ -191,3 +191,20 @@ def test_seeds_outside_the_numpy_range_exit_2(seed, capsys):
         main.parse_args(["--config_name", "Digits_even", "--seed", seed])
     assert refused.value.code == USAGE_EXIT_CODE
     assert "seed must be in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_report_draws_the_rate_against_beta_and_against_n_s():
+    from utils.report import n_s_of, sweeps, tags_of, without_n_s
+
+    def result(beta, seed, rate, tags=()):
+        return dict(config_name="Digits_even", algorithm="PU", beta=beta, seed=seed, key_tags=list(tags),
+                    metrics=dict(non_sensitive_rate=rate))
+    results = [result(b, s, 0.9 + b / 10 + s / 100) for b in (0.05, 0.1, 0.2) for s in (0, 1)]
+    results += [result(0.1, s, 0.5 + n / 1000, [f"nS{n}"]) for n in (10, 30) for s in (0, 1)]
+    assert [n_s_of(r) for r in results[-4:]] == [10, 10, 30, 30] and n_s_of(results[0]) == 70   # the config's
+    by_beta = sweeps(results, lambda r: float(r["beta"]), lambda r: (r["algorithm"], tags_of(r)))
+    assert [x for x, _ in by_beta["Digits_even", ("PU", ())]] == [0.05, 0.1, 0.2]
+    assert by_beta["Digits_even", ("PU", ())][1][1][:2] == pytest.approx((0.915, 0.01 / 2 ** 0.5))
+    by_n_s = sweeps(results, n_s_of, lambda r: (r["algorithm"], r["beta"], without_n_s(tags_of(r))))
+    assert [(x, round(s[0], 3)) for x, s in by_n_s["Digits_even", ("PU", 0.1, ())]] == [(10, 0.51), (30, 0.53),
+                                                                                       (70, 0.915)]

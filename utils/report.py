@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from configs import CONFIGS
 from losses import ALGORITHMS
 from utils.errors import UsageError
 
@@ -60,8 +61,15 @@ def tags_of(r):
 
 
 def n_s_of(r):
-    """The labeled-set size |S| the run trained with, where the result records it."""
-    return r.get("n_s")
+    """The labeled-set size |S| the run trained with: recorded in the result, else its `nS` key tag,
+    else (a default run) its config's own; None for a config this registry does not know."""
+    if r.get("n_s") is not None:
+        return r["n_s"]
+    tagged = [t for t in tags_of(r) if t.startswith("nS")]
+    if tagged:
+        return int(tagged[0][len("nS"):])
+    config = CONFIGS.get(r["config_name"])
+    return getattr(config, "n_s", None)
 
 
 def row_keys(results):
