@@ -1,0 +1,50 @@
+"""Fashion-MNIST: its configs split tiny idx fixtures correctly, read from a folder of .gz files offline."""
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import get_config, with_overrides
+from fixtures import write_mnist
+from utils.data import load_dataset, load_pu_data
+
+PER_CLASS, TEST_PER_CLASS = 10, 4
+COUNTS = dict(n_u_normal=30, n_u_sensitive=5, n_s=5, n_test=6)
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def gz_folder(tmp_path_factory):
+    """Tiny Fashion-MNIST-format data as .gz idx files only, the way the Debian package ships them."""
+    root = tmp_path_factory.mktemp("fashion")
+    write_mnist(root, PER_CLASS, TEST_PER_CLASS)
+    raw = root / "FashionMNIST" / "raw"
+    shutil.move(root / "MNIST" / "raw", raw)
+    for path in list(raw.iterdir()):
+        with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        path.unlink()
+    return root
+
+
+@pytest.mark.parametrize("name", ["FashionMNIST_clothes", "FashionMNIST_accessories"])
+def test_fashion_mnist_split_counts_classes_and_disjointness(name, gz_folder, offline):
+    config = with_overrides(get_config(name), **COUNTS)
+    data = load_pu_data(config, str(gz_folder), seed=0)
+    _, targets = load_dataset(config, str(gz_folder), train=True)
+    split, labels = data.split, data.split.labels
+    assert len(set(split.indices.tolist())) == len(split.indices) == sum(COUNTS.values()) - COUNTS["n_test"]
+    is_normal = np.isin(targets[split.indices], config.normal_classes)
+    assert labels.sum() == COUNTS["n_s"] and not is_normal[labels == 1].any()            # S: sensitive only
+    assert is_normal.sum() == COUNTS["n_u_normal"]                                        # U: 30 normal + 5 sensitive
+    assert data.train.images.shape == (len(split.indices), 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert data.train.images.min() >= -1 and data.train.images.max() <= 1
+    assert len(data.test) == COUNTS["n_test"]
+
+
+def test_clothes_and_accessories_are_each_others_reverse():
+    clothes, accessories = get_config("FashionMNIST_clothes"), get_config("FashionMNIST_accessories")
+    assert sorted(clothes.normal_classes + accessories.normal_classes) == list(range(10))
+    assert clothes.normal_classes == (0, 1, 2, 3, 4, 6)
+    assert (clothes.n_u_normal, clothes.n_u_sensitive, clothes.n_s) == (25_000, 2_500, 2_500)   # MNIST's
