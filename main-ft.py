@@ -17,7 +17,7 @@ from models import IMAGE_CHANNELS
 from models.pretrained import load_pretrained_ddpm
 from utils.cli import add_eval_args, add_pretrained_model, add_run_args
 from utils.errors import UsageError, exits_on_usage_error
-from utils.experiment import run_pixel_experiment
+from utils.experiment import estimate_beta_from_images, run_pixel_experiment
 from utils.run import Run
 
 
@@ -46,7 +46,8 @@ def main(args):
     unet, noise_scheduler = load_pretrained_ddpm(source)
     # The base of the run: the config with main-ft's sampler and the pretrained model's own schedule.
     base = replace(config, num_train_timesteps=noise_scheduler.config.num_train_timesteps, **FINETUNE_SAMPLER)
-    run = Run.resolve(args, "main_ft", args.config_name, base, pretrained_model=source)
+    run = Run.resolve(args, "main_ft", args.config_name, base, pretrained_model=source,
+                      estimate_beta=estimate_beta_from_images(args.data_dir, args.seed, args.classifier_weights))
     check_pretrained_unet(unet, run.config, source)
     run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
 

@@ -13,7 +13,7 @@ from configs.sd import SD_CONFIG, SD_CONFIG_NAME
 from models.pretrained import load_clip, load_stable_diffusion
 from utils.cli import add_eval_args, add_pretrained_model, add_run_args, non_negative_int, positive_int
 from utils.errors import exits_on_usage_error
-from utils.experiment import run_sd_experiment
+from utils.experiment import estimate_beta_from_sd_folders, run_sd_experiment
 from utils.run import Run
 from utils.sd import check_resolution, validate_sd_folder
 
@@ -39,7 +39,8 @@ def parse_args(argv=None):
 @exits_on_usage_error
 def main(args):
     run = Run.resolve(args, "main_sd", SD_CONFIG_NAME, SD_CONFIG.for_algorithm(args.algorithm),
-                      resolution=args.resolution)
+                      resolution=args.resolution,
+                      estimate_beta=estimate_beta_from_sd_folders(args.data_dir, args.clip_model, args.seed))
     if run.done:   # finished earlier with these settings; evaluate-sd.py re-evaluates it
         return
     files = validate_sd_folder(args.data_dir, run.config)

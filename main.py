@@ -11,7 +11,7 @@ from models import build_noise_scheduler, build_unet
 from utils.cli import add_eval_args, add_run_args
 from utils.data import SCRATCH_CONFIGS
 from utils.errors import exits_on_usage_error
-from utils.experiment import run_pixel_experiment
+from utils.experiment import estimate_beta_from_images, run_pixel_experiment
 from utils.run import Run, seed_everything
 
 
@@ -24,7 +24,8 @@ def parse_args(argv=None):
 
 @exits_on_usage_error
 def main(args):
-    run = Run.resolve(args, "main", args.config_name, get_config(args.config_name))
+    run = Run.resolve(args, "main", args.config_name, get_config(args.config_name),
+                      estimate_beta=estimate_beta_from_images(args.data_dir, args.seed, args.classifier_weights))
     seed_everything(run.seed)   # torch's default seed differs per process: the initial weights follow --seed
     unet = build_unet(run.config)
     run_pixel_experiment(run, unet, build_noise_scheduler(run.config), DDPMPipeline)

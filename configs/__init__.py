@@ -26,6 +26,7 @@ DIGITS_UNET = dict(
 
 # DESIGN section 3: the defaults of every script.
 DEFAULT_BETA = 0.1
+AUTO_BETA = "auto"      # --beta auto: estimate the class prior from U and S (utils/prior.py)
 DEFAULT_SEED = 42
 
 

@@ -7,7 +7,7 @@ and one help text everywhere. Bad values fail in argparse (exit 2) before anythi
 """
 import argparse
 
-from configs import DEFAULT_BETA, DEFAULT_SEED
+from configs import AUTO_BETA, DEFAULT_BETA, DEFAULT_SEED
 from losses import ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS
 from utils.checkpointing import LATEST
 from utils.data import DATA_ON_DEVICE
@@ -18,10 +18,12 @@ SEED_LIMIT = 2 ** 32            # numpy and torch seeds must lie in [0, 2**32)
 
 
 def beta_value(text):
+    if text == AUTO_BETA:
+        return AUTO_BETA
     beta = float(text)
     if not 0.0 <= beta < 1.0:
         raise argparse.ArgumentTypeError(f"beta must be in [0, 1), got {text}; it is the share of "
-                                         f"sensitive data in the unlabeled set, e.g. 0.1")
+                                         f"sensitive data in the unlabeled set, e.g. 0.1, or 'auto' to estimate it")
     return beta
 
 
@@ -90,7 +92,8 @@ def add_run_args(parser, configs=None, default_config=None):
             counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
     parser.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS), help="training objective (default: PU)")
     parser.add_argument("--beta", type=beta_value, default=None,
-                        help=f"class prior: share of sensitive data in U, used by PU only (default: {DEFAULT_BETA})")
+                        help=f"class prior: share of sensitive data in U, used by PU only; 'auto' estimates it from U "
+                             f"and S before training (best-bin estimator, utils/prior.py) (default: {DEFAULT_BETA})")
     parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED,
                         help="seeds training, the PU split and sampling, in [0, 2**32) (default: %(default)s)")
     parser.add_argument("--pu_correction", default=DEFAULT_CORRECTION, choices=PU_CORRECTIONS,

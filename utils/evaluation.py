@@ -116,7 +116,8 @@ def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, da
     key = run.result_key(steps)
     result = dict(key=key, script=run.script, run_key=run.key, checkpoint=str(checkpoint or run.checkpoint_dir),
                   config_name=run.config_name, dataset=config.dataset, algorithm=run.algorithm,
-                  beta=run.beta, seed=run.seed, pu_correction=run.pu_correction, key_tags=list(run.tags),
+                  beta=run.beta, beta_estimate=run.beta_estimate, seed=run.seed, pu_correction=run.pu_correction,
+                  key_tags=list(run.tags),
                   n_u_normal=config.n_u_normal, n_u_sensitive=config.n_u_sensitive, n_s=config.n_s,
                   sampler=config.sampler, num_inference_steps=steps, num_samples=num_samples,
                   device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",

@@ -30,6 +30,27 @@ def train_run(run, model, noise_scheduler, dataset, **loop_options):
     return model
 
 
+def estimate_beta_from_images(data_dir, seed, classifier_weights=None):
+    """main.py's and main-ft.py's --beta auto: the class prior of the run's own PU split (utils.prior)."""
+    from utils.prior import estimate_prior_for_images
+
+    def estimate(config, device):
+        return estimate_prior_for_images(load_pu_data(config, data_dir, seed).train, config, device, seed=seed,
+                                         weights_path=classifier_weights)
+    return estimate
+
+
+def estimate_beta_from_sd_folders(data_dir, clip_model, seed):
+    """main-sd.py's --beta auto: the class prior of 0_unlabeled/ given 1_positive/, in CLIP image features."""
+    from models.pretrained import load_clip
+    from utils.prior import estimate_prior_for_sd
+    from utils.sd import validate_sd_folder
+
+    def estimate(config, device):
+        return estimate_prior_for_sd(validate_sd_folder(data_dir, config), load_clip(clip_model), device, seed=seed)
+    return estimate
+
+
 def eval_samples(run):
     """The number of samples the run's evaluation draws (--num_eval_samples, else the config's)."""
     n = run.args.num_eval_samples

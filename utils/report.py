@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from configs import CONFIGS
+from configs import AUTO_BETA, CONFIGS
 from losses import ALGORITHMS
 from utils.errors import UsageError
 
@@ -55,6 +55,19 @@ def sampling_of(r):
     return f"{r.get('sampler') or ''} {r.get('num_inference_steps') or ''}".strip()
 
 
+def beta_of(r):
+    """The run's beta, or "auto" where it was estimated (--beta auto: one row whatever each seed's estimate)."""
+    return AUTO_BETA if r.get("beta_estimate") else float(r["beta"])
+
+
+def beta_text(beta):
+    return f"β={beta}" if beta == AUTO_BETA else f"β={beta:g}"
+
+
+def beta_order(beta):
+    return (1, 0.0) if beta == AUTO_BETA else (0, beta)
+
+
 def tags_of(r):
     """The run's key tags (settings that differ from its config's), as a tuple; () for default runs."""
     return tuple(r.get("key_tags") or ())
@@ -76,22 +89,22 @@ def row_keys(results):
     """Row key (algorithm, beta, key tags, sampling) of each result and a label for each row."""
     betas = defaultdict(set)
     for r in results:
-        betas[r["algorithm"]].add(float(r["beta"]))
+        betas[r["algorithm"]].add(beta_of(r))
     # Configs may differ in sampler (DDPM 1000 from scratch, DDIM 50 fine-tuned); only a cell that
     # would average over several sampling settings splits the rows by them.
     samplings = defaultdict(set)
     for r in results:
-        samplings[r["algorithm"], float(r["beta"]), tags_of(r), column_of(r)].add(sampling_of(r))
+        samplings[r["algorithm"], beta_of(r), tags_of(r), column_of(r)].add(sampling_of(r))
     mixed_sampling = any(len(s) > 1 for s in samplings.values())
-    keys = [(r["algorithm"], float(r["beta"]), tags_of(r), sampling_of(r) if mixed_sampling else "") for r in results]
+    keys = [(r["algorithm"], beta_of(r), tags_of(r), sampling_of(r) if mixed_sampling else "") for r in results]
 
     def label(key):
         algorithm, beta, tags, sampling = key
-        inside = ([f"β={beta:g}"] if len(betas[algorithm]) > 1 else []) + list(tags)
+        inside = ([beta_text(beta)] if len(betas[algorithm]) > 1 else []) + list(tags)
         text = f"{algorithm} ({', '.join(inside)})" if inside else algorithm
         return f"{text}, {sampling}" if sampling else text
     order = {a: i for i, a in enumerate(ALGORITHM_ORDER)}
-    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2], k[3]))
+    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], beta_order(k[1]), k[2], k[3]))
     return keys, {k: label(k) for k in rows}
 
 
@@ -239,8 +252,9 @@ def plot(tables, rows, results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [t for t in tables if set(t[1].values()) & {RATE, FID, FD_CLASSIFIER}] or tables[:1]
-    beta_series = sweeps(results, lambda r: float(r["beta"]), lambda r: (r["algorithm"], tags_of(r)))
-    n_s_series = sweeps(results, n_s_of, lambda r: (r["algorithm"], f"β={float(r['beta']):g}", without_n_s(tags_of(r))))
+    beta_series = sweeps(results, lambda r: None if beta_of(r) == AUTO_BETA else beta_of(r),
+                         lambda r: (r["algorithm"], tags_of(r)))
+    n_s_series = sweeps(results, n_s_of, lambda r: (r["algorithm"], beta_text(beta_of(r)), without_n_s(tags_of(r))))
     references = reference_levels(results)
     n_axes = len(panels) + bool(beta_series) + bool(n_s_series)
     fig, axes = plt.subplots(1, n_axes, figsize=(5.5 * n_axes, 4), squeeze=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from configs import DEFAULT_BETA, with_overrides
+from configs import AUTO_BETA, DEFAULT_BETA, with_overrides
 from configs.sd import SD_CONFIG_NAME
 from losses import DEFAULT_CORRECTION, get_algorithm
 from utils.checkpointing import LATEST, SAMPLING_FIELDS, Checkpointing
@@ -89,12 +89,15 @@ class Run:
     checkpointing: Checkpointing = None
     started: float = field(default_factory=time.time)
     train_seconds: float = None      # a finished run's training time, from its record
+    beta_auto: bool = False          # --beta auto: beta was estimated from U and S (the key says auto)
+    beta_estimate: dict = None       # the estimate, its interval and method (utils.prior.PriorEstimate)
     done: bool = False               # finished earlier with these settings: nothing to train
 
     @property
     def key(self):
         name = [self.config_name] if self.script in SCRIPTS_KEYED_BY_CONFIG else []
-        return "_".join([self.script, *name, self.algorithm, format_beta(self.beta), *self.tags, str(self.seed)])
+        beta = AUTO_BETA if self.beta_auto else format_beta(self.beta)
+        return "_".join([self.script, *name, self.algorithm, beta, *self.tags, str(self.seed)])
 
     @property
     def checkpoint_dir(self):
@@ -116,27 +119,34 @@ class Run:
                             compile=args.compile, data_on_device=args.data_on_device)
 
     @classmethod
-    def resolve(cls, args, script, config_name, base, **script_overrides):
+    def resolve(cls, args, script, config_name, base, estimate_beta=None, **script_overrides):
         """The run that `args` asks for on the `base` config; validates everything, writes nothing.
 
         Applies the command line's overrides (and `script_overrides`, options only one script has)
-        to `base`, settles beta (the default for algorithms that use it, 0.0 for the others), forms
-        the key, makes the accelerator (it decides precision and process count) and resolves the
-        training state to resume from against the final settings.
+        to `base`, settles beta (the default for algorithms that use it, 0.0 for the others; with
+        --beta auto, `estimate_beta(config, device)` -> utils.prior.PriorEstimate), forms the key,
+        makes the accelerator (it decides precision and process count) and resolves the training
+        state to resume from against the final settings.
         """
         overrides = {k: getattr(args, k, None) for k in (*DATA_COUNT_ARGS, *TRAINING_OVERRIDES, "num_inference_steps")}
         config = with_overrides(base, **overrides, **script_overrides)
+        auto = args.beta == AUTO_BETA
+        if auto and not get_algorithm(args.algorithm).uses_beta:
+            raise UsageError(f"--beta auto estimates the class prior that PU uses; {args.algorithm} does not use "
+                             f"beta: drop --beta or use --algorithm PU")
         if get_algorithm(args.algorithm).uses_beta:
-            beta = DEFAULT_BETA if args.beta is None else args.beta
+            beta = DEFAULT_BETA if args.beta is None or auto else args.beta
         else:
             beta = 0.0
             if args.beta is not None:
                 print(f"note: --beta {args.beta} is used by PU only; {args.algorithm} records beta as 0.0")
         run = cls(script=script, config_name=config_name, config=config, algorithm=args.algorithm, beta=beta,
                   seed=args.seed, pu_correction=args.pu_correction, root=Path(args.output_dir),
-                  tags=tuple(key_tags(config, base, args.pu_correction)), args=args)
+                  tags=tuple(key_tags(config, base, args.pu_correction)), args=args, beta_auto=auto)
         run.check_writable()
         run.accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
+        if auto and not run.done:
+            run.settle_beta(estimate_beta(config, run.accelerator.device))
         if not run.done:
             run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
                                                         run.training_spec.settings(run.accelerator))
@@ -147,7 +157,8 @@ class Run:
         """The run a checkpoint's run_config.json describes, with its `config` rebuilt by the caller."""
         # Records written before config_name was recorded hold it in args (main.py, main-ft.py) or not at all (SD).
         config_name = record.get("config_name") or record["args"].get("config_name", SD_CONFIG_NAME)
-        return cls(script=record["script"], config_name=config_name,
+        return cls(script=record["script"], config_name=config_name, beta_auto=bool(record.get("beta_estimate")),
+                   beta_estimate=record.get("beta_estimate"),
                    config=config, algorithm=record["algorithm"], beta=record["beta"], seed=record["seed"],
                    pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION, root=Path(root),
                    tags=tuple(record.get("key_tags", ())), train_seconds=record.get("train_seconds"))
@@ -164,13 +175,23 @@ class Run:
         finished = self.finished_outputs()
         if finished and not self.args.overwrite:
             if self.args.resume_from_checkpoint == LATEST and (self.checkpoint_dir / RUN_CONFIG_FILE).is_file():
-                self.check_same_settings(json.loads((self.checkpoint_dir / RUN_CONFIG_FILE).read_text()))
+                record = json.loads((self.checkpoint_dir / RUN_CONFIG_FILE).read_text())
+                self.check_same_settings(record)
                 self.done = True
+                if self.beta_auto:    # the beta it was trained with
+                    self.beta, self.beta_estimate = record["beta"], record.get("beta_estimate")
                 print(f"{self.key} is finished ({self.checkpoint_dir}); nothing to train")
                 return
             raise UsageError(f"{finished[0]} holds a finished run; pass --resume_from_checkpoint latest to leave it "
                              f"as it is, --overwrite to replace it, or choose another --seed or --output_dir")
         check_output_dir(self.root)
+
+    def settle_beta(self, estimate):
+        """Take the estimated class prior as beta (--beta auto) and say what it is."""
+        self.beta, self.beta_estimate = estimate.beta, estimate.to_record()
+        note = f"; warning: {estimate.warning}" if estimate.warning else ""
+        print(f"beta auto: {estimate.beta:.4f}, {1 - estimate.delta:.0%} interval [{estimate.lower:.4f}, "
+              f"{estimate.upper:.4f}] ({estimate.method}, |U| = {estimate.n_u}, |S| = {estimate.n_s}){note}")
 
     def check_same_settings(self, record):
         """UsageError unless the finished run `record` (its run_config.json) trained what this run would."""
@@ -203,7 +224,8 @@ class Run:
         import diffusers
         return dict(key=self.key, script=self.script, config_name=self.config_name,
                     algorithm=self.algorithm, beta=self.beta, seed=self.seed, pu_correction=self.pu_correction,
-                    key_tags=list(self.tags), config=self.config.to_dict(), args=dict(vars(self.args)),
+                    key_tags=list(self.tags), beta_estimate=self.beta_estimate,
+                    config=self.config.to_dict(), args=dict(vars(self.args)),
                     versions=dict(python=platform.python_version(), torch=torch.__version__,
                                   diffusers=diffusers.__version__, accelerate=accelerate.__version__),
                     train_seconds=self.elapsed(), **extra)

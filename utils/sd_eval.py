@@ -101,7 +101,8 @@ def results_record(run, config, metrics, num_samples, clip_model, times, sampler
     import diffusers
     import transformers
     return dict(key=run.result_key(config.num_inference_steps), run_key=run.key, script=run.script,
-                config_name=run.config_name, algorithm=run.algorithm, beta=run.beta, seed=run.seed,
+                config_name=run.config_name, algorithm=run.algorithm, beta=run.beta,
+                beta_estimate=run.beta_estimate, seed=run.seed,
                 pu_correction=run.pu_correction, key_tags=list(run.tags),
                 sampler=sampler, num_inference_steps=config.num_inference_steps,
                 guidance_scale=config.guidance_scale, num_samples=num_samples, clip_model=clip_model,
