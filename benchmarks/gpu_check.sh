@@ -1,5 +1,8 @@
 #!/bin/bash
-# The GPU checks of issue 6 as one call of the device tool (at most 8 min 30 s of steps, each with its own limit):
+# The GPU checks of issues 6 and 15 as one call of the device tool (at most 9 min 30 s of steps, each
+# with its own limit):
+#   0. the suite's GPU-only tests (tests/test_gpu.py: fp16 training with the grad scaler, data on the
+#      GPU, --eval_batch_size auto), which skip on a machine without CUDA;
 #   1. benchmarks/throughput.py on MNIST_even (the paper's UNet, batch 128, 50 steps): the default
 #      fp16, bf16 with channels_last, and --compile; each against the naive torchvision path;
 #   2. a short main.py run on the digits on the GPU: fp16 autocast with the grad scaler, fused AdamW,
@@ -34,6 +37,9 @@ bench() {   # bench NAME LIMIT_S ARGS...: one benchmark, its JSON to $out/NAME.j
     > "$out/$name.json" 2>> "$out/log.txt"
   echo "$name: exit $?" | tee -a "$out/log.txt"
 }
+timeout 60 python3 -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu.py > "$out/pytest.log" 2>&1
+echo "pytest -m gpu: exit $?" | tee -a "$out/log.txt"
+
 bench fp16 80 --repeats 2 "$@"
 bench bf16_channels_last 80 --repeats 2 --mixed_precision bf16 --channels_last "$@"
 bench compile 200 --repeats 1 --compile "$@"

@@ -1,8 +1,15 @@
-"""Shared test fixtures: tiny on-disk datasets, configs sized to them, a tiny UNet, and no network.
+"""Shared test fixtures: tiny on-disk datasets, configs sized to them, a tiny UNet, no network, no GPU.
 
 The datasets are written once per session (tests/fixtures.py) in torchvision's own formats;
 each `tiny` config is a registry config with the counts shrunk to fit them, so the loaders,
 transforms and split run exactly as in a real run.
+
+Every test runs as on a CPU-only machine, also where there is a GPU: the README's promises that the
+suite checks bit for bit (same seed, same weights; a resumed run equals one never stopped) are CPU
+promises, and on CUDA the library would pick fp16 and nondeterministic kernels. In this process
+torch.cuda reports no device (`cpu_only`); subprocesses get CUDA_VISIBLE_DEVICES="" from
+fixtures.cpu_env. Tests marked `gpu` (tests/test_gpu.py) see the GPU and skip where there is none;
+benchmarks/gpu_check.sh runs them.
 """
 import sys
 from dataclasses import dataclass
@@ -18,6 +25,14 @@ sys.path.insert(0, str(REPO_ROOT))
 from configs import Config, get_config, with_overrides  # noqa: E402
 
 from fixtures import DEAD_PROXY, PROXY_VARIABLES, TINY_UNET, WRITERS  # noqa: E402
+
+# Asked once, before any test hides the GPU: what this machine has.
+CUDA_AVAILABLE = torch.cuda.is_available()
+REAL_CUDA = {"is_available": torch.cuda.is_available, "device_count": torch.cuda.device_count}
+# One thread, as the subprocesses have (OMP_NUM_THREADS=1): CPU kernels sum in a thread-dependent
+# order, so runs compared bit for bit need the same count, and on a machine whose two cores are busy
+# with other work two threads that wait for each other made a 7 s training run take 180 s.
+torch.set_num_threads(1)
 
 # Images per class written for each dataset (CelebA's two classes are the values of "Male").
 PER_CLASS = {"MNIST": 12, "CIFAR10": 12, "STL10": 12, "CelebA": 36}
@@ -54,6 +69,38 @@ def tiny(request, data_root):
     root, labels = data_root
     config = with_overrides(get_config(request.param), **TINY_COUNTS)
     return TinyData(request.param, config, root, *labels[config.dataset])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_only():
+    """For the whole session torch.cuda reports no device, so the library takes its CPU path (fp32,
+    Accelerator(cpu=True), CPU sampling) exactly as on a machine without a GPU. Nothing here has
+    touched CUDA before (only `CUDA_AVAILABLE` asked), so no tensor or state is left on a GPU."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setattr(torch.cuda, "device_count", lambda: 0)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def gpu_for_gpu_tests(request, cpu_only):
+    """A test marked `gpu` sees the machine's CUDA again (and is skipped where there is none), with
+    accelerate's shared state reset around it: it holds the device and precision of whichever
+    Accelerator came first, and the CPU tests before and after need theirs."""
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    if not CUDA_AVAILABLE:
+        pytest.skip("needs a CUDA GPU")
+    from accelerate.state import AcceleratorState
+    with pytest.MonkeyPatch.context() as patch:
+        for name, real in REAL_CUDA.items():
+            patch.setattr(torch.cuda, name, real)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        try:
+            yield
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture

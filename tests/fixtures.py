@@ -57,6 +57,15 @@ def offline_env(env):
     return env
 
 
+def cpu_env(env):
+    """A copy of the environment `env` in which CUDA shows no device (for subprocesses).
+
+    A script started with it takes its CPU path (fp32, Accelerator(cpu=True), CPU sampling) on any
+    machine, as the tests that compare weights bit for bit need; torchrun passes it on to its workers.
+    """
+    return {**env, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def balanced_labels(rng, num_classes, per_class):
     """`per_class` labels of each class in a random order (so classes are not in contiguous runs)."""
     return rng.permutation(np.repeat(np.arange(num_classes), per_class)).astype(np.int64)

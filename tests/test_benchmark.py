@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import offline_env
+from fixtures import cpu_env, offline_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "throughput.py"
@@ -23,9 +23,9 @@ SAMPLING_KEYS = {"images", "batch_size", "sample_steps", "sampler", "images_per_
                  "mfu", "peak_memory"}
 
 
-def run_benchmark(args, cwd, timeout=300):
-    """The script from another folder than the repository, one thread, no network."""
-    env = offline_env({**os.environ, "OMP_NUM_THREADS": "1"})
+def run_benchmark(args, cwd, timeout=180):
+    """The script from another folder than the repository, one thread, no network, no GPU."""
+    env = cpu_env(offline_env({**os.environ, "OMP_NUM_THREADS": "1"}))
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -1,7 +1,8 @@
 """The fast data path (issue 6): materialized tensors equal the per-item transforms, the batched loader
 yields the per-item loader's batches, the GPU placement rules, and the loop returns the module it
-was given. CUDA itself is not available here; the placement tests cover every branch that does not
-allocate on a GPU."""
+was given. These run on the CPU also where there is a GPU (tests/conftest.py hides it): the
+placement tests cover every branch that does not allocate on a GPU, and tests/test_gpu.py compares
+batches served from GPU memory with these CPU ones."""
 import numpy as np
 import pytest
 import torch

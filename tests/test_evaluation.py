@@ -19,7 +19,7 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from fixtures import offline_env
+from fixtures import cpu_env, offline_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -47,10 +47,11 @@ CPU = torch.device("cpu")
 
 
 def run_script(script, *args, torch_home):
-    """`python script args` offline, with an empty torch hub cache so no Inception weights are found."""
-    env = offline_env(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_HOME=str(torch_home)))
+    """`python script args` offline and on the CPU, with an empty torch hub cache so no Inception weights
+    are found."""
+    env = cpu_env(offline_env(dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_HOME=str(torch_home))))
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,24 @@ subprocess; the other refusals call `main.main(main.parse_args(argv))` in this p
 code path without the ~8 s of interpreter and library start-up each subprocess costs.
 """
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import main
-from fixtures import offline_env
+import utils.training
+from configs import get_config
+from fixtures import cpu_env, offline_env
+from losses import pu_risks
+from utils.data import load_dataset, load_pu_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +33,9 @@ GRID_SIDE = 8 * DIGITS_SIZE + 9 * 2     # torchvision's save_image: 8 images a r
 USAGE_EXIT = 2
 
 
-def run_main(args, timeout=300):
-    """`python main.py args` from the repository root, one thread, no network."""
-    env = offline_env({**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+def run_main(args, timeout=180):
+    """`python main.py args` from the repository root, one thread, no network, no GPU."""
+    env = cpu_env(offline_env({**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}))
     return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -158,7 +165,6 @@ def load_diagnosis():
 
 def test_error_by_group_diagnoses_a_finished_run(finished_run):
     """analysis/error_by_group.py rebuilds the run's split and reports finite errors per group."""
-    import math
     diagnosis = load_diagnosis()
     out, _ = finished_run
     result = diagnosis.errors_by_group(out / "checkpoints" / KEY)
@@ -179,3 +185,94 @@ def test_bounded_term_slope_is_the_derivative_of_l_S():
     L = torch.tensor([0.7, 5.0, 20.0], dtype=torch.float64)
     expected = torch.exp(-L) / (1 - torch.exp(-L) + 1e-6)
     assert torch.allclose(diagnosis.bounded_term_slope(L), expected, rtol=1e-9)
+
+
+class NoiseOracle(torch.nn.Module):
+    """A stand-in UNet that knows the clean images: it predicts the true noise exactly, plus a constant
+    `offsets[i]` on every element of image i, so image i's error L is offsets[i]**2 * (its elements)
+    at every timestep. It takes the whole training set as one batch, in the split's order."""
+
+    def __init__(self, scheduler, images, offsets):
+        super().__init__()
+        self.alphas_cumprod, self.images, self.offsets = scheduler.alphas_cumprod, images, offsets
+
+    def forward(self, noisy, t):
+        assert noisy.shape == self.images.shape
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise = (noisy - abar.sqrt() * self.images) / (1 - abar).sqrt()
+        return SimpleNamespace(sample=noise + self.offsets.view(-1, 1, 1, 1))
+
+
+def test_error_by_group_reports_known_errors_per_group(finished_run, monkeypatch):
+    """A model whose error is 768 on S, 48 on the sensitive images in U and 1.92 on the normal ones must
+    be reported so. The truth here comes from the labels and the images' classes in the dataset, not
+    from the order of the split that errors_by_group relies on, so two groups swapped fail."""
+    diagnosis = load_diagnosis()
+    out, _ = finished_run
+    checkpoint = out / "checkpoints" / KEY
+    record = json.loads((checkpoint / "run_config.json").read_text())
+    config = get_config(record["config_name"])
+    data = load_pu_data(config, None, record["seed"])
+    _, classes = load_dataset(config, None, train=True)
+    normal = torch.as_tensor(np.isin(classes[data.split.indices], config.normal_classes))
+    labeled = data.train.labels == 1
+    groups = {"S": labeled, "U_sensitive": ~labeled & ~normal, "U_normal": ~labeled & normal}
+    offset = {"S": 1.0, "U_sensitive": 0.25, "U_normal": 0.05}
+    elements = data.train.images[0].numel()                           # 3 x 16 x 16
+    expected_L = {g: offset[g] ** 2 * elements for g in groups}       # 768, 48, 1.92
+    offsets = sum(offset[g] * m.float() for g, m in groups.items())
+    assert all(m.sum() > 0 for m in groups.values()) and (offsets > 0).all()
+
+    load_checkpoint_model = diagnosis.load_checkpoint_model
+
+    def oracle(path, device):
+        _, scheduler = load_checkpoint_model(path, device)
+        return NoiseOracle(scheduler, data.train.images, offsets), scheduler
+    monkeypatch.setattr(diagnosis, "load_checkpoint_model", oracle)
+    result = diagnosis.errors_by_group(checkpoint)
+
+    for t, reported in result["by_timestep"].items():
+        for g, L in expected_L.items():
+            assert reported[g]["mean_L"] == pytest.approx(L, rel=1e-3), (t, g)
+            assert reported[g]["share_bounded"] == float(L < diagnosis.L_BOUNDED), (t, g)
+            slope = math.exp(-L) / (1 - math.exp(-L) + 1e-6)      # |dl_S/dL|
+            assert reported[g]["mean_slope_lS"] == pytest.approx(slope, rel=1e-3, abs=1e-12), (t, g)
+    L = sum(expected_L[g] * m.float() for g, m in groups.items()).double()
+    _, r_n = pu_risks(L, data.train.labels.double(), config.true_prior)
+    assert result["R_N_at_true_prior"] == pytest.approx(r_n.item(), rel=1e-3)
+
+
+# abs (R_S + |R_N|) and nn (-R_N where R_N < 0) differ only by R_S, and only in batches where R_N < 0.
+# At the digits' scale (L summed over 768 elements, about 10^3 untrained) exp(-L) underflows, so R_S
+# has no gradient and the two take bit-identical steps. The test scales L by 1e-3 (l_S's slope is then
+# near 1) and sets beta to 0.99 with a large S, which makes R_N negative in some batches.
+NN_ARGS = ["--config_name", "Digits_even", "--n_u_normal", "40", "--n_u_sensitive", "4", "--n_s", "20",
+           "--num_epochs", "1", "--batch_size", "16", "--num_inference_steps", "1", "--num_eval_samples", "0",
+           "--seed", "0", "--beta", "0.99"]
+NN_KEY = "main_Digits_even_PU_0.99_nUn40_nUs4_nS20_ep1_bs16_steps1{}_0"
+L_SCALE = 1e-3
+
+
+def test_pu_correction_nn_changes_what_main_trains(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    error, risks = utils.training.denoising_error, utils.training.pu_risks
+    negative = []
+
+    def recorded_risks(L, y, beta):
+        r_s, r_n = risks(L, y, beta)
+        negative.append(bool(r_n < 0))
+        return r_s, r_n
+    monkeypatch.setattr(utils.training, "denoising_error", lambda *a, **k: error(*a, **k) * L_SCALE)
+    monkeypatch.setattr(utils.training, "pu_risks", recorded_risks)
+
+    weights = {}
+    for correction, tag in (("abs", ""), ("nn", "_nn")):
+        out = tmp_path / correction
+        main.main(main.parse_args([*NN_ARGS, "--pu_correction", correction, "--output_dir", str(out)]))
+        checkpoint = out / "checkpoints" / NN_KEY.format(tag)
+        record = json.loads((checkpoint / "run_config.json").read_text())
+        assert record["pu_correction"] == correction and record["key"] == checkpoint.name
+        assert ("nn" in record["key_tags"]) == (correction == "nn")
+        weights[correction] = load_file(checkpoint / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(negative), "R_N never went negative: the corrections had nothing to correct"
+    assert not all(torch.equal(weights["abs"][k], weights["nn"][k]) for k in weights["abs"])

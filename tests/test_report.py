@@ -80,7 +80,7 @@ def table_starting(tables, prefix):
 def test_report_command_writes_markdown_csv_and_png(tmp_path):
     folder = write(tmp_path / "results", RESULTS)
     proc = subprocess.run([sys.executable, "report.py", str(folder)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
     assert proc.returncode == 0, proc.stderr
     rate = table_starting(tables_by_title(proc.stdout), "Non-sensitive rate")
     assert rate["Unsupervised"]["Digits_even (classifier acc. 0.980)"] == "0.920 ± 0.020 (n=3)"

@@ -3,12 +3,17 @@
 For main.py (a small PU split of the offline digits) and main-ft.py (a tiny pretrained DDPM on tiny
 CIFAR10-format data), a run is started in a subprocess, killed with SIGKILL once a training state
 exists, and resumed; its final weights and sample grid must equal, bit for bit, those of a run never
-stopped (CPU). The uninterrupted and resumed runs call the script's `main` in this process; the
-killed one runs with this process's thread count, since CPU kernels sum in a thread-dependent order.
+stopped (CPU, in the subprocess too: CUDA_VISIBLE_DEVICES=""). Training is deterministic, so a
+"resume" that loaded nothing and trained again from step 0 would end identical as well: the resumed
+run must also train exactly the steps after the saved one. The uninterrupted and resumed runs call
+the script's `main` in this process; the killed one runs with this process's thread count, since
+CPU kernels sum in a thread-dependent order.
 """
+import itertools
 import json
+import math
 import os
-import signal
+import re
 import subprocess
 import sys
 import time
@@ -18,21 +23,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fixtures import offline_env, write_cifar10
+import main
+import utils.training
+from fixtures import cpu_env, offline_env, write_cifar10
 from tiny_models import load_script, save_tiny_ddpm
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
-from utils.errors import DIVERGED_EXIT_CODE, USAGE_EXIT_CODE
+from utils.errors import USAGE_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
-KILL_TIMEOUT_S = 300
+# The killed run's first training state comes after start-up (~10 s) and a few steps (~1 s idle).
+KILL_TIMEOUT_S = 120
+DIVERGED_EXIT = 3               # README, Reproducibility: a non-finite loss or gradient exits with code 3
 
 
 class Case:
     """One script's resume scenario: its arguments, run key, step count and when to kill it."""
 
-    def __init__(self, script, args, key, steps, every, kill_after):
+    def __init__(self, script, args, key, steps, epochs, every, kill_after):
         self.script, self.args, self.key = script, args, key
-        self.steps, self.every, self.kill_after = steps, every, kill_after
+        self.steps, self.epochs, self.every, self.kill_after = steps, epochs, every, kill_after
+
+    def epoch_of(self, step):
+        """The epoch (from 1) that optimizer step `step` (from 1) belongs to."""
+        return (step - 1) // (self.steps // self.epochs) + 1
 
     def argv(self, out, *extra):
         return [*self.args, "--output_dir", str(out), *extra]
@@ -51,26 +64,42 @@ class Case:
 DIGITS = Case("main.py", ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20",
                           "--n_s", "20", "--num_epochs", "2", "--batch_size", "32", "--num_inference_steps", "2",
                           "--num_eval_samples", "0", "--seed", "0"],
-              key="main_Digits_even_PU_0.1_nUn200_nUs20_nS20_ep2_steps2_0", steps=16, every=3, kill_after=6)   # 2 epochs of 8 batches
+              key="main_Digits_even_PU_0.1_nUn200_nUs20_nS20_ep2_steps2_0", steps=16, epochs=2, every=3, kill_after=6)   # 2 epochs of 8 batches
 
 
 def run_killed(case, out, *extra):
-    """Start `case` in a subprocess and SIGKILL it once checkpoint-{kill_after} is complete."""
+    """Start `case` in a subprocess and SIGKILL it once checkpoint-{kill_after} is complete; the
+    process is killed and reaped whatever happens, an assertion failing here included."""
     state_dir = out / "checkpoints" / f"{case.key}.state"
-    env = offline_env({**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"})
-    proc = subprocess.Popen([sys.executable, case.script, *case.argv(out, *extra)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + KILL_TIMEOUT_S
-    while not (state_dir / f"checkpoint-{case.kill_after}" / TRAINING_STATE_FILE).exists():
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-        assert time.time() < deadline, "no training state appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = cpu_env(offline_env({**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}))
+    log = out.with_name(f"{out.name}.stderr")      # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, case.script, *case.argv(out, *extra)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while not (state_dir / f"checkpoint-{case.kill_after}" / TRAINING_STATE_FILE).exists():
+            assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no training state in {KILL_TIMEOUT_S} s: {log.read_text()[-2000:]}"
+            time.sleep(0.02)
+    finally:
+        proc.kill()         # SIGKILL
+        proc.wait()
     return state_dir
 
 
-def check_kill_and_resume(case, tmp_path, capsys):
+def count_training_steps(monkeypatch):
+    """A list that grows by one for each batch the training loop trains on in this process."""
+    steps, error = [], utils.training.denoising_error
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return error(*args, **kwargs)
+    monkeypatch.setattr(utils.training, "denoising_error", counted)
+    return steps
+
+
+def check_kill_and_resume(case, tmp_path, capsys, monkeypatch):
     reference = tmp_path / "uninterrupted"
     case.run(reference)
     reference_log = capsys.readouterr().out
@@ -93,16 +122,22 @@ def check_kill_and_resume(case, tmp_path, capsys):
     assert "unfinished run" in capsys.readouterr().err
     assert list_checkpoints(state_dir) == states
 
+    trained = count_training_steps(monkeypatch)
     case.run(out, *saving, "--resume_from_checkpoint", "latest")
     resumed_log = capsys.readouterr().out
     assert f"resumed from {states[-1]}: step {resumed_step}" in resumed_log
+    # It went on from the saved step: it trained only the steps after it, and logged only the epoch
+    # that step was in and those after (a fresh start would train all case.steps and log every epoch).
+    assert len(trained) == case.steps - resumed_step
+    epochs = [line for line in resumed_log.splitlines() if line.startswith("epoch ")]
+    assert [int(line.split()[1].split("/")[0]) for line in epochs] == \
+        list(range(case.epoch_of(resumed_step), case.epochs + 1))
 
     weights, expected = case.weights(out), case.weights(reference)
     assert weights.keys() == expected.keys()
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     assert case.grid(out) == case.grid(reference)
     # The resumed epoch's logged means include the batches trained before the kill.
-    epochs = [line for line in resumed_log.splitlines() if line.startswith("epoch ")]
     assert epochs and set(epochs) <= set(reference_log.splitlines())
     # --checkpoints_total_limit 2 keeps the newest two; no half-written or half-deleted folder remains.
     last = case.steps // case.every * case.every
@@ -110,11 +145,11 @@ def check_kill_and_resume(case, tmp_path, capsys):
     assert not list(state_dir.glob(".*"))
 
 
-def test_killed_main_run_resumes_to_identical_weights(tmp_path, capsys):
-    check_kill_and_resume(DIGITS, tmp_path, capsys)
+def test_killed_main_run_resumes_to_identical_weights(tmp_path, capsys, monkeypatch):
+    check_kill_and_resume(DIGITS, tmp_path, capsys, monkeypatch)
 
 
-def test_killed_fine_tuning_run_resumes_to_identical_weights(tmp_path, capsys):
+def test_killed_fine_tuning_run_resumes_to_identical_weights(tmp_path, capsys, monkeypatch):
     data = tmp_path / "datasets"
     write_cifar10(data, per_class=3, test_per_class=1)
     pretrained = save_tiny_ddpm(tmp_path / "pretrained", sample_size=32)
@@ -123,8 +158,8 @@ def test_killed_fine_tuning_run_resumes_to_identical_weights(tmp_path, capsys):
                                "--data_dir", str(data), "--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2",
                                "--n_test", "4", "--num_epochs", "10", "--batch_size", "2",
                                "--num_inference_steps", "2", "--num_eval_samples", "0", "--seed", "0"],
-                key="main_ft_CIFAR10_vehicles_PU_0.1_nUn8_nUs1_nS2_nT4_ep10_bs2_steps2_0", steps=60, every=4, kill_after=8)
-    check_kill_and_resume(case, tmp_path, capsys)
+                key="main_ft_CIFAR10_vehicles_PU_0.1_nUn8_nUs1_nS2_nT4_ep10_bs2_steps2_0", steps=60, epochs=10, every=4, kill_after=8)
+    check_kill_and_resume(case, tmp_path, capsys, monkeypatch)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, capsys):
@@ -134,7 +169,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, c
     state_dir = tmp_path / "checkpoints" / f"{key}.state"
     with pytest.raises(SystemExit) as stopped:
         DIGITS.run(tmp_path, "--learning_rate", "1e38", "--checkpointing_steps", "1")
-    assert stopped.value.code == DIVERGED_EXIT_CODE
+    assert stopped.value.code == DIVERGED_EXIT
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: non-finite loss or gradient at step 3 (epoch 1) of PU training: loss=")
     assert "R_S=" in error and "R_N=" in error
@@ -142,4 +177,32 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, c
     assert [p.name for p in list_checkpoints(state_dir)] == ["checkpoint-1", "checkpoint-2"]
     assert not list(state_dir.glob(".*"))
     assert not (tmp_path / "checkpoints" / key).exists()
+    assert not (tmp_path / "outputs" / "images").exists()
+
+
+def test_non_finite_gradient_with_a_finite_loss_stops_the_run_with_exit_3(tmp_path, capsys, monkeypatch):
+    """A gradient that overflows while the loss stays finite: fp32 on CPU has no grad scaler to skip
+    such a step, so the guard must stop at that step (not one later, once the wrecked weights make
+    the loss non-finite too) and keep the last good training state."""
+    bad_step = 3
+    build_unet = main.build_unet
+
+    def unet_whose_gradient_overflows(config):
+        unet = build_unet(config)
+        backward_passes = itertools.count(1)
+        unet.conv_out.bias.register_hook(
+            lambda grad: torch.full_like(grad, math.inf) if next(backward_passes) == bad_step else grad)
+        return unet
+    monkeypatch.setattr(main, "build_unet", unet_whose_gradient_overflows)
+    state_dir = tmp_path / "checkpoints" / f"{DIGITS.key}.state"
+    with pytest.raises(SystemExit) as stopped:
+        main.main(main.parse_args(DIGITS.argv(tmp_path, "--checkpointing_steps", "1")))
+    assert stopped.value.code == DIVERGED_EXIT
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: non-finite loss or gradient at step {bad_step} (epoch 1) of PU training: loss=")
+    loss = float(re.search(r" loss=([^,]+),", error).group(1))
+    assert math.isfinite(loss) and "grad norm=inf" in error
+    assert f"the last good training state is {state_dir / f'checkpoint-{bad_step - 1}'}" in error
+    assert [p.name for p in list_checkpoints(state_dir)] == [f"checkpoint-{i}" for i in range(1, bad_step)]
+    assert not (tmp_path / "checkpoints" / DIGITS.key).exists()
     assert not (tmp_path / "outputs" / "images").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fixtures import offline_env
+from fixtures import cpu_env, offline_env
 from tiny_models import load_script
 from utils.checkpointing import TRAINING_STATE_FILE
 from configs import get_config
@@ -25,7 +25,7 @@ from utils.errors import SIGNAL_EXIT_BASE, USAGE_EXIT_CODE
 from utils.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 120
 TINY = ["--config_name", "Digits_even", "--n_u_normal", "40", "--n_u_sensitive", "4", "--n_s", "4",
         "--num_epochs", "2", "--batch_size", "8", "--num_inference_steps", "2", "--num_eval_samples", "0",
         "--seed", "0", "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"]
@@ -39,7 +39,7 @@ def command(out, algorithm):
 
 
 def environment():
-    return offline_env({**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    return cpu_env(offline_env({**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}))
 
 
 def run_to_end(out, algorithm):
@@ -52,21 +52,24 @@ def run_to_end(out, algorithm):
 def run_and_signal(out, algorithm, signum, after_step):
     """Start the run and send `signum` once its training state at `after_step` is complete."""
     state = out / "checkpoints" / f"{SWEEP[algorithm]}.state" / f"checkpoint-{after_step}" / TRAINING_STATE_FILE
-    proc = subprocess.Popen(command(out, algorithm), cwd=REPO, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + RUN_TIMEOUT_S
-        while not state.exists():
-            assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
-            assert time.time() < deadline, "no training state appeared"
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, stdout, stderr
+    logs = out.parent / f"{out.name}-{algorithm}-{signum}"
+    # Files, not pipes: a child whose pipe fills while the test polls would block.
+    with open(f"{logs}.out", "w+") as stdout, open(f"{logs}.err", "w+") as stderr:
+        proc = subprocess.Popen(command(out, algorithm), cwd=REPO, env=environment(), stdout=stdout,
+                                stderr=stderr, text=True)
+        try:
+            deadline = time.time() + RUN_TIMEOUT_S
+            while not state.exists():
+                assert proc.poll() is None, f"the run ended before the signal: {Path(stderr.name).read_text()[-2000:]}"
+                assert time.time() < deadline, "no training state appeared"
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            proc.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, Path(f"{logs}.out").read_text(), Path(f"{logs}.err").read_text()
 
 
 def weights(out, key):

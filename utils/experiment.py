@@ -74,6 +74,19 @@ def evaluate_if_missing(run):
     return unet, None
 
 
+def grid_if_missing(run):
+    """A finished run re-run: draw its sample grid from the saved pipeline where a failed write left none."""
+    path = run.image_dir / f"{run.key}.png"
+    if not run.accelerator.is_main_process or path.is_file():
+        return
+    device, dtype = sampling_precision(run.accelerator.device, run.accelerator.mixed_precision)
+    unet, noise_scheduler = load_checkpoint_model(run.checkpoint_dir, device)
+    images = generate(unet, noise_scheduler, sampler=run.config.sampler, num_samples=GRID_SAMPLES,
+                      num_inference_steps=run.config.num_inference_steps, batch_size=GRID_SAMPLES,
+                      seed=run.seed, dtype=dtype, desc="sample grid")
+    print(f"saved {write_file_atomically(path, lambda p: save_grid(images, p))}")
+
+
 def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     """Train `unet` on `run`'s PU data, save a `pipeline_cls` checkpoint and an 8 x 8 sample grid,
     then (unless --num_eval_samples 0) evaluate it into outputs/results/{key}.json (utils.evaluation).
@@ -83,6 +96,7 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     args, config, accelerator = run.args, run.config, run.accelerator
     check_eval_args(args.classifier_weights, args.inception_weights)
     if run.done:
+        grid_if_missing(run)
         return evaluate_if_missing(run)
     with accelerator.main_process_first():   # one process downloads; the others then read its files
         data = load_pu_data(config, args.data_dir, run.seed)

@@ -26,12 +26,17 @@ def replace_dir(tmp, final):
 
 
 def write_file_atomically(path, write):
-    """Call write(tmp_path), then rename tmp_path to `path`."""
+    """Call write(tmp_path), then rename tmp_path to `path`; if write fails, tmp_path is removed and
+    `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -41,12 +46,17 @@ def write_json_atomically(path, record):
 
 
 def save_folder_atomically(final, write):
-    """Call write(tmp_folder), then put the finished folder in place of `final`."""
+    """Call write(tmp_folder), then put the finished folder in place of `final`; if write fails, the
+    temporary folder is removed and `final` is left as it was."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
-    replace_dir(tmp, final)
+    try:
+        write(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
