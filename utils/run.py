@@ -145,11 +145,11 @@ class Run:
                   tags=tuple(key_tags(config, base, args.pu_correction)), args=args, beta_auto=auto)
         run.check_writable()
         run.accelerator = make_accelerator(args.mixed_precision, args.allow_tf32)
-        if auto and not run.done:
-            run.settle_beta(estimate_beta(config, run.accelerator.device))
         if not run.done:
             run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
                                                         run.training_spec.settings(run.accelerator))
+        if auto and not run.done:   # last: the estimate trains classifiers, so every cheap check comes first
+            run.settle_beta(estimate_beta(config, run.accelerator.device))
         return run
 
     @classmethod
