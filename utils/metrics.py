@@ -6,6 +6,10 @@
   weights from torch-fidelity's download or a local file); with a module it is the same Frechet
   distance in that module's features. `inception_metric_or_reason` turns a missing Inception
   download into (None, reason) so the rest of an evaluation still runs offline.
+- `precision_recall`: improved precision and recall (Kynkaanniemi et al. 2019, k = 3) of generated
+  against reference features, through torch-fidelity's implementation: the share of samples inside
+  the reference manifold (quality) and of references inside the samples' manifold (coverage).
+- `class_shares`: each class's share of the samples, so a model that drops a class shows it.
 - `ClassifierFeatures`: the sensitivity classifier's penultimate features as such a module. The
   Frechet distance in them ("fd_classifier") is a dataset-specific stand-in for FID where the
   Inception weights cannot be had; it is comparable only between runs judged by the same classifier.
@@ -19,6 +23,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from utils.errors import first_line
 
 INCEPTION_FEATURES = 2048
+PRC_NEIGHBOURHOOD = 3       # k of improved precision and recall (Kynkaanniemi et al. 2019)
+PRC_BATCH = 10_000          # rows of the distance matrix torch-fidelity computes at a time
 
 
 def non_sensitive_rate(is_normal):
@@ -83,3 +89,24 @@ def frechet_distances(generated, reference, metrics, device="cpu", batch_size=25
             for m in metrics.values():
                 m.update(batch, real=real)
     return {name: m.compute().item() for name, m in metrics.items()}
+
+
+def precision_recall(generated, reference, k=PRC_NEIGHBOURHOOD):
+    """(precision, recall) of `generated` against `reference` features, float tensors [N, D].
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest
+    neighbour in the same set; precision is the share of generated points inside the reference
+    manifold, recall the share of reference points inside the generated one.
+    """
+    from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+    out = prc_features_to_metric(generated.double().cpu(), reference.double().cpu(), prc_neighborhood=k,
+                                 prc_batch_size=PRC_BATCH, save_cpu_ram=False, verbose=False)
+    return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
+
+
+def class_shares(predicted, classes):
+    """{class: share of the samples predicted as it} for every class in `classes` (0.0 where none is)."""
+    predicted = torch.as_tensor(predicted)
+    if len(predicted) == 0:
+        raise ValueError("class shares need at least one sample")
+    return {int(c): (predicted == c).float().mean().item() for c in classes}
