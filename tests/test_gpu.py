@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from configs import get_config, with_overrides
-from fixtures import TINY_UNET
 from models import build_noise_scheduler
 from utils.data import TensorPUDataset, place_on_device
 from utils.sampling import AUTO, generate, resolve_eval_batch_size
