@@ -57,47 +57,53 @@ def eval_samples(run):
     return run.config.num_eval_samples if n is None else n
 
 
-def evaluate_if_missing(run):
-    """A finished run re-run: evaluate it only where no result with these evaluation settings exists."""
-    args = run.args
-    if not run.accelerator.is_main_process or not eval_samples(run):
-        return None, None
-    path = run.root / RESULTS_DIR / f"{run.result_key(run.config.num_inference_steps)}.json"
-    if path.is_file() and json.loads(path.read_text()).get("num_samples") == eval_samples(run):
-        print(f"{run.key}: results in {path}; nothing to do")
-        return None, None
-    device, dtype = sampling_precision(run.accelerator.device, run.accelerator.mixed_precision)
-    unet, noise_scheduler = load_checkpoint_model(run.checkpoint_dir, device)
-    evaluate_and_save(run, unet, noise_scheduler, num_samples=eval_samples(run), batch_size=args.eval_batch_size,
-                      data_dir=args.data_dir, device=device, dtype=dtype, classifier_weights=args.classifier_weights,
-                      inception_weights=args.inception_weights)
-    return unet, None
-
-
-def grid_if_missing(run):
-    """A finished run re-run: draw its sample grid from the saved pipeline where a failed write left none."""
-    path = run.image_dir / f"{run.key}.png"
-    if not run.accelerator.is_main_process or path.is_file():
-        return
-    device, dtype = sampling_precision(run.accelerator.device, run.accelerator.mixed_precision)
-    unet, noise_scheduler = load_checkpoint_model(run.checkpoint_dir, device)
+def save_sample_grid(run, unet, noise_scheduler, dtype):
+    """The run's 8 x 8 grid of seeded samples, written atomically to outputs/images/{key}.png."""
     images = generate(unet, noise_scheduler, sampler=run.config.sampler, num_samples=GRID_SAMPLES,
                       num_inference_steps=run.config.num_inference_steps, batch_size=GRID_SAMPLES,
                       seed=run.seed, dtype=dtype, desc="sample grid")
-    print(f"saved {write_file_atomically(path, lambda p: save_grid(images, p))}")
+    return write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
+
+
+def evaluate_run(run, unet, noise_scheduler, device, dtype, reference=None):
+    """The evaluation after training, with the run's --num_eval_samples and evaluation options."""
+    args = run.args
+    evaluate_and_save(run, unet, noise_scheduler, num_samples=eval_samples(run), batch_size=args.eval_batch_size,
+                      data_dir=args.data_dir, device=device, dtype=dtype, reference=reference,
+                      classifier_weights=args.classifier_weights, inception_weights=args.inception_weights)
+
+
+def complete_finished_run(run):
+    """A finished run re-run: draw the grid a failed write left missing, and evaluate where no result
+    with these evaluation settings exists; the saved pipeline is loaded only if either is needed."""
+    if not run.accelerator.is_main_process:
+        return
+    grid = run.image_dir / f"{run.key}.png"
+    result = run.root / RESULTS_DIR / f"{run.result_key(run.config.num_inference_steps)}.json"
+    evaluate = bool(eval_samples(run)) and not (
+        result.is_file() and json.loads(result.read_text()).get("num_samples") == eval_samples(run))
+    if grid.is_file() and not evaluate:
+        print(f"{run.key}: grid and results are there; nothing to do")
+        return
+    device, dtype = sampling_precision(run.accelerator.device, run.accelerator.mixed_precision)
+    unet, noise_scheduler = load_checkpoint_model(run.checkpoint_dir, device)
+    if not grid.is_file():
+        print(f"saved {save_sample_grid(run, unet, noise_scheduler, dtype)}")
+    if evaluate:
+        evaluate_run(run, unet, noise_scheduler, device, dtype)
 
 
 def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
     """Train `unet` on `run`'s PU data, save a `pipeline_cls` checkpoint and an 8 x 8 sample grid,
     then (unless --num_eval_samples 0) evaluate it into outputs/results/{key}.json (utils.evaluation).
 
-    Returns (unwrapped unet, data).
+    Returns (unwrapped unet, data); (None, None) for a finished run re-run.
     """
     args, config, accelerator = run.args, run.config, run.accelerator
     check_eval_args(args.classifier_weights, args.inception_weights)
     if run.done:
-        grid_if_missing(run)
-        return evaluate_if_missing(run)
+        complete_finished_run(run)
+        return None, None
     with accelerator.main_process_first():   # one process downloads; the others then read its files
         data = load_pu_data(config, args.data_dir, run.seed)
     if accelerator.is_main_process:
@@ -112,15 +118,10 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls):
                            device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
     path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
     device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
-    images = generate(unet, noise_scheduler, sampler=config.sampler, num_samples=GRID_SAMPLES,
-                      num_inference_steps=config.num_inference_steps, batch_size=GRID_SAMPLES,
-                      seed=run.seed, dtype=dtype, desc="sample grid")
-    grid = write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
+    grid = save_sample_grid(run, unet, noise_scheduler, dtype)
     print(f"saved {path} and {grid}")
     if eval_samples(run):
-        evaluate_and_save(run, unet, noise_scheduler, num_samples=eval_samples(run), batch_size=args.eval_batch_size,
-                          data_dir=args.data_dir, device=device, dtype=dtype, reference=data.test,
-                          classifier_weights=args.classifier_weights, inception_weights=args.inception_weights)
+        evaluate_run(run, unet, noise_scheduler, device, dtype, reference=data.test)
     return unet, data
 
 
