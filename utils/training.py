@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from configs import DEFAULT_SEED
 from losses import DEFAULT_CORRECTION, denoising_error, get_algorithm, get_objective, pu_risks
-from utils.checkpointing import NonFiniteGuard, TrainingProgress, split_state, training_settings
+from utils.checkpointing import LATEST, NonFiniteGuard, TrainingProgress, split_state, training_settings
 from utils.data import collate_batch, place_on_device
-from utils.checkpointing import LATEST
 from utils.errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
