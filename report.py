@@ -17,7 +17,9 @@ Result JSON schema (fields report.py reads; others are kept for the record):
      "sampler": str, "num_inference_steps": int,                   # optional
      "metrics": {name: float | null, ...}}
 Known metric names: non_sensitive_rate, classifier_accuracy (shown in the rate table's header),
-fid, fd_classifier. Any other name (e.g. evaluate-sd.py's brad_pitt_share_brad_pitt_prompt) gets a
+fid, fd_classifier; the class classifier's fd_classes, precision, recall and sensitive_share
+(class_accuracy in their headers), and share_{class id}, folded into one table per config whose
+columns are the dataset's class names (sensitive ones starred). Any other name (e.g. evaluate-sd.py's brad_pitt_share_brad_pitt_prompt) gets a
 table of its own, so a new script needs no change here. Columns are config_name, tagged with the
 script unless it is main.py; rows gain the sampler and steps where one cell would mix several.
 """

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import evaluate  # noqa: E402
 from configs import get_config, with_overrides  # noqa: E402
-from utils.classifier import (CLASSIFIER_SEED, SensitivityClassifier, accuracy, build_classifier,  # noqa: E402
+from utils.classifier import (CLASSES, CLASSIFIER_SEED, ImageClassifier, accuracy, build_classifier,  # noqa: E402
                               cache_path, labeled_split, load_or_train_classifier, predict_normal,
                               train_classifier)
 from utils.data import Recipe  # noqa: E402
@@ -75,6 +75,28 @@ def test_classifier_beats_chance_clearly_on_digits_in_two_epochs():
     assert init == "scratch"
     assert majority < 0.55                      # the split is balanced, so chance is about 0.5
     assert accuracy(model, test, CPU) > 0.85
+
+
+def test_class_classifier_beats_chance_clearly_on_digits_in_two_epochs():
+    config = get_config(DIGITS)
+    torch.manual_seed(0)
+    model, _ = build_classifier(config, "cnn", "scratch", num_outputs=10)
+    train_set = labeled_split(config, "datasets", train=True, task=CLASSES)
+    assert sorted(set(train_set.labels)) == list(range(10))      # every class, sensitive ones included
+    train_classifier(model, train_set, Recipe("cnn", epochs=2, batch_size=32, learning_rate=2e-3, flip=False), CPU)
+    test = labeled_split(config, "datasets", train=False, task=CLASSES)
+    assert np.bincount(test.labels).max() / len(test) < 0.15      # about balanced: chance is about 0.1
+    assert accuracy(model, test, CPU) > 0.6
+    assert model.predict(torch.rand(5, 3, 16, 16)).shape == (5,)
+
+
+def test_class_classifier_is_one_per_dataset_and_size(tmp_path):
+    even, odd = get_config(DIGITS), get_config("Digits_odd")
+    path = cache_path(tmp_path, DIGITS, even, "cnn", "scratch", 0, CLASSES)
+    assert path == cache_path(tmp_path, "Digits_odd", odd, "cnn", "scratch", 0, CLASSES)   # blind to the split
+    assert path.name == "Digits_classes_cnn-scratch_16px_seed0.pt"
+    assert path != cache_path(tmp_path, DIGITS, even, "cnn", "scratch", 0)
+    assert path != cache_path(tmp_path, DIGITS, replace(even, classifier_size=8), "cnn", "scratch", 0, CLASSES)
 
 
 def test_classifier_is_cached_with_its_accuracy_and_reused(digits_classifier, capsys):
@@ -131,7 +153,7 @@ def test_missing_classifier_weights_file_is_a_usage_error(tmp_path):
 def brightness_classifier():
     """Calls an image normal exactly when its mean brightness is above 0.5."""
     backbone = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    model = SensitivityClassifier(backbone, 3, input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = ImageClassifier(backbone, 3, input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
     with torch.no_grad():
         model.head.weight.fill_(1.0)
         model.head.bias.zero_()
@@ -266,6 +288,13 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, digits_classi
     assert m["classifier_accuracy"] == meta["test_accuracy"]
     assert m["fid"] is None and "Inception" in result["fid_error"]           # offline
     assert np.isfinite(m["fd_classifier"]) and m["fd_classifier"] >= 0
+    # The class classifier's quality measures: trained on all ten digits, cached beside the other.
+    assert m["class_accuracy"] == result["class_classifier"]["test_accuracy"] > 0.9
+    assert result["class_classifier"]["num_classes"] == 10
+    assert np.isfinite(m["fd_classes"]) and m["fd_classes"] >= 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    shares = [m[f"share_{c}"] for c in range(10)]
+    assert sum(shares) == pytest.approx(1.0) and all(s * 16 == round(s * 16) for s in shares)
+    assert m["sensitive_share"] == pytest.approx(sum(shares[c] for c in (1, 3, 5, 7, 9)))
     assert result["n_reference"] == TINY_N_TEST
     assert set(result["times"]) >= {"classifier_s", "sampling_s", "metrics_s", "total_s"}
     assert {"torch", "diffusers", "torchmetrics"} <= set(result["versions"])

@@ -28,7 +28,8 @@ def gz_folder(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", ["FashionMNIST_clothes", "FashionMNIST_accessories"])
+@pytest.mark.parametrize("name", ["FashionMNIST_clothes", "FashionMNIST_accessories", "FashionMNIST_clothes_cpu",
+                                  "FashionMNIST_accessories_cpu"])
 def test_fashion_mnist_split_counts_classes_and_disjointness(name, gz_folder, offline):
     config = with_overrides(get_config(name), **COUNTS)
     data = load_pu_data(config, str(gz_folder), seed=0)
@@ -48,3 +49,13 @@ def test_clothes_and_accessories_are_each_others_reverse():
     assert sorted(clothes.normal_classes + accessories.normal_classes) == list(range(10))
     assert clothes.normal_classes == (0, 1, 2, 3, 4, 6)
     assert (clothes.n_u_normal, clothes.n_u_sensitive, clothes.n_s) == (25_000, 2_500, 2_500)   # MNIST's
+
+
+@pytest.mark.parametrize("paper, cpu", [("FashionMNIST_clothes", "FashionMNIST_clothes_cpu"),
+                                        ("FashionMNIST_accessories", "FashionMNIST_accessories_cpu")])
+def test_cpu_companions_keep_the_data_resolution_and_proportions(paper, cpu):
+    paper, cpu = get_config(paper), get_config(cpu)
+    assert (cpu.dataset, cpu.normal_classes, cpu.image_size, cpu.n_test) == (
+        paper.dataset, paper.normal_classes, paper.image_size, paper.n_test)
+    assert cpu.n_u_normal == 10 * cpu.n_u_sensitive == 10 * cpu.n_s        # the paper's 10 : 1 : 1
+    assert cpu.true_prior == paper.true_prior

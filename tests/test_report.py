@@ -146,6 +146,29 @@ def test_other_scripts_metrics_get_tables_of_their_own(tmp_path, capsys):
     assert set(table_starting(tables, "Non-sensitive rate")["PU"].values()) == {"—"}
 
 
+def test_class_classifier_metrics_get_quality_tables_and_a_named_class_share_table(tmp_path, capsys):
+    def fashion(algorithm, beta, seed, bag, sandal):
+        shares = {f"share_{c}": 0.0 for c in range(10)}
+        shares.update(share_0=1.0 - bag - sandal, share_8=bag, share_5=sandal)
+        r = result("FashionMNIST_clothes_cpu", algorithm, beta, seed, 0.9, fd_classes=10.0 + seed, precision=0.7,
+                   recall=0.5, sensitive_share=bag + sandal, class_accuracy=0.9, **shares)
+        return dict(r, dataset="FashionMNIST")
+    runs = [fashion("Unsupervised", 0.0, 0, 0.10, 0.02), fashion("Unsupervised", 0.0, 1, 0.06, 0.02),
+            fashion("PU", 0.1, 0, 0.0, 0.01)]
+    tables = run_report(write(tmp_path, runs), capsys)
+    fd = table_starting(tables, "Fréchet distance in the class classifier's features")
+    assert fd["Unsupervised"] == {"FashionMNIST_clothes_cpu (class classifier acc. 0.900)": "10.50 ± 0.71 (n=2)"}
+    assert table_starting(tables, "Sensitive share")["PU"] == {
+        "FashionMNIST_clothes_cpu (class classifier acc. 0.900)": "0.010 (n=1)"}
+    assert {table_starting(tables, t)["PU"][next(iter(table_starting(tables, t)["PU"]))]
+            for t in ("Precision", "Recall")} == {"0.700 (n=1)", "0.500 (n=1)"}
+    shares = table_starting(tables, "Class shares of the samples in FashionMNIST_clothes_cpu")
+    assert list(shares["Unsupervised"])[:3] == ["T-shirt/top", "Trouser", "Pullover"]   # names, in class order
+    assert shares["Unsupervised"]["Bag*"] == "0.080 ± 0.028 (n=2)"                     # sensitive classes starred
+    assert shares["PU"]["Bag*"] == "0.000 (n=1)" and shares["PU"]["Shirt"] == "0.000 (n=1)"
+    assert not any(title.startswith("share_") for title in tables)
+
+
 @pytest.mark.parametrize("case", ["missing folder", "no results", "not json", "not a result"])
 def test_bad_results_folders_are_usage_errors(tmp_path, case, capsys):
     folder = tmp_path / "results"

@@ -107,7 +107,7 @@ class Digits(Dataset):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a dataset's sensitivity classifier is built and trained (utils.classifier)."""
+    """How a dataset's classifiers, the sensitivity judge and the class judge, are built and trained (utils.classifier)."""
 
     arch: str               # cnn | resnet18
     epochs: int
@@ -163,27 +163,39 @@ def resized_center_crop(image_size):
     return [T.Resize(image_size, antialias=True), T.CenterCrop(image_size), T.ToTensor()]
 
 
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Everything the code knows about one dataset; its configs (configs/) add the numbers of a split."""
 
     load: Callable          # (data_dir, train, transform, image_size) -> (dataset, int64 class ids)
     transform: Callable     # image_size -> the deterministic steps that give a [0, 1] tensor (DESIGN section 3)
-    classifier: Recipe      # the sensitivity classifier's recipe
+    classifier: Recipe      # the recipe of its classifiers (sensitivity and class; utils.classifier)
     from_scratch: bool      # main.py trains on it (DESIGN section 3); CelebA is only fine-tuned
+    class_names: tuple      # the names of class ids 0, 1, ... (CelebA: of the Male attribute's values)
 
 
 # The one dataset table: a new dataset is an entry here plus its lines in configs/.
 DATASETS = {
     # 98-99% held-out classifier accuracy on either digits split in about 10 s on one CPU core.
-    "Digits": DatasetSpec(load_digits, no_steps, Recipe("cnn", 10, 32, 2e-3, flip=False), from_scratch=True),
-    "MNIST": DatasetSpec(load_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False), from_scratch=True),
+    "Digits": DatasetSpec(load_digits, no_steps, Recipe("cnn", 10, 32, 2e-3, flip=False), from_scratch=True,
+                          class_names=DIGIT_NAMES),
+    "MNIST": DatasetSpec(load_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False), from_scratch=True,
+                         class_names=DIGIT_NAMES),
     "FashionMNIST": DatasetSpec(load_fashion_mnist, grayscale_resized, Recipe("cnn", 5, 128, 2e-3, flip=False),
-                                from_scratch=True),
-    "CIFAR10": DatasetSpec(load_cifar10, as_is, Recipe("resnet18", 3, 128, 1e-4, flip=True), from_scratch=True),
-    "STL10": DatasetSpec(load_stl10, as_is, Recipe("resnet18", 10, 64, 1e-4, flip=True), from_scratch=True),
+                                from_scratch=True, class_names=FASHION_NAMES),
+    "CIFAR10": DatasetSpec(load_cifar10, as_is, Recipe("resnet18", 3, 128, 1e-4, flip=True), from_scratch=True,
+                           class_names=CIFAR10_NAMES),
+    "STL10": DatasetSpec(load_stl10, as_is, Recipe("resnet18", 10, 64, 1e-4, flip=True), from_scratch=True,
+                         class_names=STL10_NAMES),
     "CelebA": DatasetSpec(load_celeba, resized_center_crop, Recipe("resnet18", 2, 128, 1e-4, flip=True),
-                          from_scratch=False),
+                          from_scratch=False, class_names=("female", "male")),
 }
 # The configs main.py supports.
 SCRATCH_CONFIGS = tuple(name for name, c in CONFIGS.items() if DATASETS[c.dataset].from_scratch)

@@ -8,12 +8,17 @@ writes `{output_dir}/outputs/results/{key}.json` in the schema report.py reads:
 
     {key, script, run_key, checkpoint, config_name, dataset, algorithm, beta, seed, pu_correction,
      key_tags, n_u_normal, n_u_sensitive, n_s, sampler, num_inference_steps, num_samples,
-     metrics: {non_sensitive_rate, classifier_accuracy, fid, fd_classifier},
-     fid_error, classifier: {...}, n_reference, device, sampling_dtype,
+     metrics: {non_sensitive_rate, classifier_accuracy, fid, fd_classifier, class_accuracy, fd_classes,
+              precision, recall, sensitive_share, share_0, share_1, ...},
+     fid_error, classifier: {...}, class_classifier: {...}, n_reference, device, sampling_dtype,
      times: {classifier_s, sampling_s, metrics_s, total_s, train_s}, versions: {...}}
 
 `fid` is null where the Inception weights cannot be had, and `fid_error` says why; `fd_classifier`
 (always available offline) stands in for it, comparable only between runs of the same config.
+The class classifier (utils.classifier, task CLASSES) gives the offline quality measures, in its
+penultimate features against the same normal-only test set: `fd_classes`, `precision` and `recall`
+(k = 3), and each class's share of the samples (`share_{class id}`; `sensitive_share` sums the
+sensitive classes'), so a model that drops a normal class or draws noise shows it.
 """
 import json
 import platform
@@ -25,13 +30,13 @@ import numpy as np
 import torch
 
 from configs import Config
-from utils.classifier import PREDICT_BATCH, check_classifier_weights, classifier_loader, load_or_train_classifier, \
-    predict_normal
+from utils.classifier import CLASSES, PREDICT_BATCH, check_classifier_weights, classifier_loader, \
+    features_and_predictions, load_or_train_classifier, num_outputs, predict_normal
 from utils.data import normal_test_set
 from utils.errors import UsageError, first_line
 from utils.files import PIPELINE_INDEX, RESULTS_DIR, RUN_CONFIG_FILE, write_json_atomically
-from utils.metrics import ClassifierFeatures, frechet_distances, frechet_metric, inception_metric_or_reason, \
-    non_sensitive_rate
+from utils.metrics import ClassifierFeatures, batches, class_quality, frechet_distances, frechet_metric, \
+    inception_metric_or_reason, non_sensitive_rate
 from utils.run import Run
 from utils.sampling import generate, resolve_eval_batch_size
 
@@ -58,6 +63,8 @@ def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, n
     device = torch.device(device)
     times, start = {}, time.time()
     classifier, meta = load_or_train_classifier(config_name, config, data_dir, output_dir, device, classifier_weights)
+    judge, judge_meta = load_or_train_classifier(config_name, config, data_dir, output_dir, device, classifier_weights,
+                                                 task=CLASSES)
     reference = reference if reference is not None else normal_test_set(config, data_dir)
     times["classifier_s"] = round(time.time() - start, 1)
 
@@ -76,13 +83,19 @@ def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, n
         metrics["fid"] = inception
     reference_batches = (x for x, _ in classifier_loader(reference, PREDICT_BATCH, device))
     distances = frechet_distances(images, reference_batches, metrics, device, PREDICT_BATCH)
+    generated, predicted = features_and_predictions(judge, batches(images, PREDICT_BATCH), device)
+    reference_features, _ = features_and_predictions(
+        judge, (x for x, _ in classifier_loader(reference, PREDICT_BATCH, device)), device)
+    quality = class_quality(generated, reference_features, predicted, config.normal_classes,
+                            num_outputs(config, CLASSES))
     times["metrics_s"] = round(time.time() - start, 1)
     if fid_error:
         print(f"note: FID not computed ({fid_error}); fd_classifier stands in for it")
     return dict(metrics=dict(non_sensitive_rate=rate, classifier_accuracy=meta["test_accuracy"],
-                             fid=distances.get("fid"), fd_classifier=distances["fd_classifier"]),
+                             fid=distances.get("fid"), fd_classifier=distances["fd_classifier"],
+                             class_accuracy=judge_meta["test_accuracy"], **quality),
                 fid_error=fid_error, n_reference=len(reference), eval_batch_size=batch_size, classifier=meta,
-                times=times)
+                class_classifier=judge_meta, times=times)
 
 
 def package_versions():
@@ -126,9 +139,14 @@ def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, da
     m = result["metrics"]
     fid = f"FID {m['fid']:.2f}" if m["fid"] is not None else "FID n/a"
     print(f"{key}: non-sensitive rate {m['non_sensitive_rate']:.4f} (classifier accuracy "
-          f"{m['classifier_accuracy']:.4f}), {fid}, fd_classifier {m['fd_classifier']:.3f} on {num_samples} "
-          f"samples; saved {path}")
+          f"{m['classifier_accuracy']:.4f}), {fid}, fd_classifier {m['fd_classifier']:.3f}; class classifier: "
+          f"fd_classes {m['fd_classes']:.3f}, precision {fmt(m['precision'])}, recall {fmt(m['recall'])}, "
+          f"sensitive share {m['sensitive_share']:.3f}; on {num_samples} samples; saved {path}")
     return path, result
+
+
+def fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def config_from_record(record):

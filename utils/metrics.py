@@ -10,6 +10,9 @@
   against reference features, through torch-fidelity's implementation: the share of samples inside
   the reference manifold (quality) and of references inside the samples' manifold (coverage).
 - `class_shares`: each class's share of the samples, so a model that drops a class shows it.
+- `frechet_distance`: the Frechet distance between two sets of features already extracted.
+- `class_quality`: all of the above in the class classifier's features (utils.classifier, task
+  CLASSES), the quality measure that works offline and is not trained on normal-vs-sensitive.
 - `ClassifierFeatures`: the sensitivity classifier's penultimate features as such a module. The
   Frechet distance in them ("fd_classifier") is a dataset-specific stand-in for FID where the
   Inception weights cannot be had; it is comparable only between runs judged by the same classifier.
@@ -25,6 +28,7 @@ from utils.errors import first_line
 INCEPTION_FEATURES = 2048
 PRC_NEIGHBOURHOOD = 3       # k of improved precision and recall (Kynkaanniemi et al. 2019)
 PRC_BATCH = 10_000          # rows of the distance matrix torch-fidelity computes at a time
+SHARE_PREFIX = "share_"     # result metrics share_0, share_1, ...: each class's share of the samples
 
 
 def non_sensitive_rate(is_normal):
@@ -35,7 +39,7 @@ def non_sensitive_rate(is_normal):
 
 
 class ClassifierFeatures(nn.Module):
-    """A SensitivityClassifier's penultimate features [B, D] for images in [0, 1]."""
+    """A ImageClassifier's penultimate features [B, D] for images in [0, 1]."""
 
     def __init__(self, classifier):
         super().__init__()
@@ -102,6 +106,31 @@ def precision_recall(generated, reference, k=PRC_NEIGHBOURHOOD):
     out = prc_features_to_metric(generated.double().cpu(), reference.double().cpu(), prc_neighborhood=k,
                                  prc_batch_size=PRC_BATCH, save_cpu_ram=False, verbose=False)
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
+
+
+def frechet_distance(features_a, features_b):
+    """The Frechet distance between Gaussians fitted to two feature sets, float tensors [N, D]
+    (torch-fidelity's statistics in float64; the FID where the features are Inception's)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    stats = [fid_features_to_statistics(f.double().cpu()) for f in (features_a, features_b)]
+    return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
+
+
+def class_quality(generated, reference, predicted, normal_classes, num_classes):
+    """The class classifier's quality measures of the samples, as result metrics.
+
+    `generated`, `reference`: its penultimate features [N, D] of the samples and of the normal-only
+    test set; `predicted`: the class it gives each sample [N]. Returns fd_classes, precision,
+    recall (k = 3), sensitive_share (samples in a class outside `normal_classes`) and share_{c}
+    for each class c.
+    """
+    # The k-th neighbour must exist in both sets; a smaller evaluation gets no precision or recall.
+    enough = min(len(generated), len(reference)) > PRC_NEIGHBOURHOOD
+    precision, recall = precision_recall(generated, reference) if enough else (None, None)
+    shares = class_shares(predicted, range(num_classes))
+    sensitive = sum(v for c, v in shares.items() if c not in normal_classes)
+    return dict(fd_classes=frechet_distance(generated, reference), precision=precision, recall=recall,
+                sensitive_share=sensitive, **{f"{SHARE_PREFIX}{c}": v for c, v in shares.items()})
 
 
 def class_shares(predicted, classes):

@@ -14,13 +14,26 @@ from pathlib import Path
 
 from configs import AUTO_BETA, CONFIGS
 from losses import ALGORITHMS
+from utils.data import DATASETS
 from utils.errors import UsageError
+from utils.metrics import SHARE_PREFIX
 
 ALGORITHM_ORDER = tuple(ALGORITHMS)      # rows in the algorithm table's order
 RATE, ACCURACY, FID, FD_CLASSIFIER = "non_sensitive_rate", "classifier_accuracy", "fid", "fd_classifier"
+# The class classifier's quality measures (utils.metrics.class_quality), tabled in this order after FID.
+FD_CLASSES, PRECISION, RECALL, SENSITIVE_SHARE = "fd_classes", "precision", "recall", "sensitive_share"
+CLASS_ACCURACY = "class_accuracy"
+QUALITY = (FD_CLASSES, PRECISION, RECALL, SENSITIVE_SHARE)
 TITLES = {RATE: "Non-sensitive rate (share of samples the classifier calls normal; higher is better)",
-          FID: "FID against the normal-only test set (lower is better)"}
-DECIMALS = {RATE: 3, FID: 2, FD_CLASSIFIER: 3}
+          FID: "FID against the normal-only test set (lower is better)",
+          FD_CLASSES: "Fréchet distance in the class classifier's features against the normal-only test set "
+                      "(lower is better)",
+          PRECISION: "Precision (k = 3, class classifier's features): share of samples inside the normal test "
+                     "images' manifold (higher is better)",
+          RECALL: "Recall (k = 3, class classifier's features): share of normal test images inside the "
+                  "samples' manifold (higher is better)",
+          SENSITIVE_SHARE: "Sensitive share: samples the class classifier puts in a sensitive class (lower is better)"}
+DECIMALS = {RATE: 3, FID: 2, FD_CLASSIFIER: 3, FD_CLASSES: 2}
 DEFAULT_DECIMALS = 3
 SCRIPT_TAGS = {"main": "", "main_ft": " (fine-tuned)"}
 MISSING = "—"
@@ -162,10 +175,48 @@ def build_tables(results):
             title += ("; [fd_classifier]: Inception FID unavailable, Fréchet distance in the sensitivity "
                       "classifier's penultimate features instead (comparable within a column only)")
         table(title, metric_of, headers)
-    for metric in sorted(present - {RATE, ACCURACY, FID, FD_CLASSIFIER}):
+    for metric in [m for m in QUALITY if m in present]:
+        cols = with_metric(metric)
+        headers = {}
+        for c in cols:
+            acc = summarize(r["metrics"].get(CLASS_ACCURACY) for r in results if column_of(r) == c)
+            headers[c] = f"{c} (class classifier acc. {acc[0]:.3f})" if acc else c
+        table(TITLES[metric], {c: metric for c in cols}, headers)
+    shares = {m for m in present if m.startswith(SHARE_PREFIX)}
+    if shares:
+        tables.extend(class_share_tables(results, rows, by_cell, columns, shares))
+    for metric in sorted(present - {RATE, ACCURACY, FID, FD_CLASSIFIER, CLASS_ACCURACY, *QUALITY} - shares):
         cols = with_metric(metric)
         table(metric, {c: metric for c in cols}, {c: c for c in cols})
     return tables, rows
+
+
+def class_name(r, metric):
+    """`share_3` of a Fashion-MNIST run -> "Dress"; a sensitive class (not in its config's normal
+    classes) is starred."""
+    c = int(metric[len(SHARE_PREFIX):])
+    names = DATASETS[r["dataset"]].class_names if r.get("dataset") in DATASETS else ()
+    config = CONFIGS.get(r["config_name"])
+    star = "*" if config is not None and c not in config.normal_classes else ""
+    return (names[c] if c < len(names) else str(c)) + star
+
+
+def class_share_tables(results, rows, by_cell, columns, shares):
+    """One table per config column: rows the algorithms, columns each class's share of the samples."""
+    tables = []
+    for column in columns:
+        in_column = [r for r in results if column_of(r) == column]
+        metrics = sorted({m for r in in_column for m in shares if r["metrics"].get(m) is not None},
+                         key=lambda m: int(m[len(SHARE_PREFIX):]))
+        if not metrics:
+            continue
+        cell_ids = {f"{column}: {m}": m for m in metrics}
+        headers = {cid: class_name(in_column[0], m) for cid, m in cell_ids.items()}
+        cells = {(row, cid): summarize(r["metrics"].get(m) for r in by_cell.get((row, column), []))
+                 for row in rows for cid, m in cell_ids.items()}
+        title = f"Class shares of the samples in {column} (class classifier; * sensitive class)"
+        tables.append((title, cell_ids, headers, cells))
+    return tables
 
 
 def markdown(tables, rows):
