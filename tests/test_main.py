@@ -190,17 +190,21 @@ def test_bounded_term_slope_is_the_derivative_of_l_S():
 class NoiseOracle(torch.nn.Module):
     """A stand-in UNet that knows the clean images: it predicts the true noise exactly, plus a constant
     `offsets[i]` on every element of image i, so image i's error L is offsets[i]**2 * (its elements)
-    at every timestep. It takes the whole training set as one batch, in the split's order."""
+    at every timestep. It takes the training set in the split's order, in consecutive batches of any
+    size: a cursor tracks where the next batch starts and wraps at the end of the set."""
 
     def __init__(self, scheduler, images, offsets):
         super().__init__()
         self.alphas_cumprod, self.images, self.offsets = scheduler.alphas_cumprod, images, offsets
+        self.cursor = 0
 
     def forward(self, noisy, t):
-        assert noisy.shape == self.images.shape
+        rows = slice(self.cursor, self.cursor + len(noisy))
+        assert noisy.shape[1:] == self.images.shape[1:] and rows.stop <= len(self.images)
+        self.cursor = rows.stop % len(self.images)
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noise = (noisy - abar.sqrt() * self.images) / (1 - abar).sqrt()
-        return SimpleNamespace(sample=noise + self.offsets.view(-1, 1, 1, 1))
+        noise = (noisy - abar.sqrt() * self.images[rows]) / (1 - abar).sqrt()
+        return SimpleNamespace(sample=noise + self.offsets[rows].view(-1, 1, 1, 1))
 
 
 def test_error_by_group_reports_known_errors_per_group(finished_run, monkeypatch):
