@@ -158,13 +158,17 @@ def build_tables(results):
     def with_metric(metric):
         return [c for c in columns if any(r["metrics"].get(metric) is not None for r in results if column_of(r) == c)]
 
-    if RATE in present:
-        cols = with_metric(RATE)
+    def with_accuracy(cols, accuracy_metric, judge):
+        """Each column's header with the mean held-out accuracy of the classifier that judged it."""
         headers = {}
         for c in cols:
-            acc = summarize(r["metrics"].get(ACCURACY) for r in results if column_of(r) == c)
-            headers[c] = f"{c} (classifier acc. {acc[0]:.3f})" if acc else c
-        table(TITLES[RATE], {c: RATE for c in cols}, headers)
+            acc = summarize(r["metrics"].get(accuracy_metric) for r in results if column_of(r) == c)
+            headers[c] = f"{c} ({judge} acc. {acc[0]:.3f})" if acc else c
+        return headers
+
+    if RATE in present:
+        cols = with_metric(RATE)
+        table(TITLES[RATE], {c: RATE for c in cols}, with_accuracy(cols, ACCURACY, "classifier"))
     if present & {FID, FD_CLASSIFIER}:
         cols = sorted(set(with_metric(FID)) | set(with_metric(FD_CLASSIFIER)))
         metric_of = {c: FID if all(r["metrics"].get(FID) is not None for r in results if column_of(r) == c)
@@ -177,11 +181,7 @@ def build_tables(results):
         table(title, metric_of, headers)
     for metric in [m for m in QUALITY if m in present]:
         cols = with_metric(metric)
-        headers = {}
-        for c in cols:
-            acc = summarize(r["metrics"].get(CLASS_ACCURACY) for r in results if column_of(r) == c)
-            headers[c] = f"{c} (class classifier acc. {acc[0]:.3f})" if acc else c
-        table(TITLES[metric], {c: metric for c in cols}, headers)
+        table(TITLES[metric], {c: metric for c in cols}, with_accuracy(cols, CLASS_ACCURACY, "class classifier"))
     shares = {m for m in present if m.startswith(SHARE_PREFIX)}
     if shares:
         tables.extend(class_share_tables(results, rows, by_cell, columns, shares))
