@@ -40,6 +40,7 @@ UNIT_TO_SYMMETRIC = ((0.5,) * 3, (0.5,) * 3)   # [0, 1] -> [-1, 1] for the CNN
 LOADER_WORKERS_CUDA = 8                   # image decoding keeps up with a GPU; on CPU the main process loads
 PREDICT_BATCH = 256
 SENSITIVITY, CLASSES = "sensitivity", "classes"   # what a classifier judges (see the module docstring)
+NAMES = {SENSITIVITY: "sensitivity classifier", CLASSES: "class classifier"}
 
 
 class ImageClassifier(nn.Module):
@@ -181,7 +182,7 @@ def train_classifier(model, dataset, recipe, device, seed=CLASSIFIER_SEED):
     loader = classifier_loader(dataset, recipe.batch_size, device, shuffle=True, seed=seed)
     # Cosine decay to zero: the last epochs settle, so the cached judge does not hinge on the final step.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs * len(loader))
-    bar = tqdm(total=recipe.epochs * len(loader), desc=f"training the {task_of(model)} classifier")
+    bar = tqdm(total=recipe.epochs * len(loader), desc=f"training the {NAMES[task_of(model)]}")
     for epoch in range(recipe.epochs):
         for x, y in loader:
             if recipe.flip:
@@ -270,7 +271,7 @@ def load_or_train_classifier(config_name, config, data_dir, output_dir, device, 
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     write_file_atomically(path, lambda p: torch.save(dict(state_dict=state, meta=meta), p))
     owner = config_name if task == SENSITIVITY else config.dataset
-    print(f"{task} classifier for {owner}: test accuracy {meta['test_accuracy']:.4f} "
+    print(f"{NAMES[task]} for {owner}: test accuracy {meta['test_accuracy']:.4f} "
           f"({recipe.arch}, {init}, {meta['train_seconds']} s); saved {path}")
     return model, dict(meta, path=str(path))
 
