@@ -154,13 +154,24 @@ def test_more_images_than_a_class_holds_exits_2(data_root, tmp_path, capsys):
     assert nothing_written(out)
 
 
-def load_diagnosis():
-    """analysis/error_by_group.py as a module (analysis/ is a folder of scripts, not a package)."""
+def load_diagnosis(name="error_by_group"):
+    """analysis/{name}.py as a module (analysis/ is a folder of scripts, not a package)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("error_by_group", REPO_ROOT / "analysis" / "error_by_group.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "analysis" / f"{name}.py")
     diagnosis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnosis)
     return diagnosis
+
+
+def test_training_mixture_gives_the_true_shares_of_U_and_the_class_classifiers(tmp_path):
+    config = get_config("Digits_even")
+    shares, n_u = load_diagnosis("training_mixture").mixture("Digits_even", 0, "datasets", tmp_path)
+    assert n_u == config.n_u_normal + config.n_u_sensitive
+    true = {c: t for c, (t, _) in shares.items()}
+    assert sum(true.values()) == pytest.approx(1.0) and sum(s for _, s in shares.values()) == pytest.approx(1.0)
+    assert sum(true[c] for c in (1, 3, 5, 7, 9)) * n_u == pytest.approx(config.n_u_sensitive)
+    # The class classifier sees real train images about as they are.
+    assert max(abs(t - s) for t, s in shares.values()) < 0.05
 
 
 def test_error_by_group_diagnoses_a_finished_run(finished_run):
