@@ -11,7 +11,6 @@ from utils.data import load_dataset, load_pu_data
 
 PER_CLASS, TEST_PER_CLASS = 10, 4
 COUNTS = dict(n_u_normal=30, n_u_sensitive=5, n_s=5, n_test=6)
-IMAGE_SIZE = 32
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def gz_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["FashionMNIST_clothes", "FashionMNIST_accessories", "FashionMNIST_clothes_cpu",
-                                  "FashionMNIST_accessories_cpu"])
+                                  "FashionMNIST_accessories_cpu", "FashionMNIST_clothes_cpu32"])
 def test_fashion_mnist_split_counts_classes_and_disjointness(name, gz_folder, offline):
     config = with_overrides(get_config(name), **COUNTS)
     data = load_pu_data(config, str(gz_folder), seed=0)
@@ -39,7 +38,8 @@ def test_fashion_mnist_split_counts_classes_and_disjointness(name, gz_folder, of
     is_normal = np.isin(targets[split.indices], config.normal_classes)
     assert labels.sum() == COUNTS["n_s"] and not is_normal[labels == 1].any()            # S: sensitive only
     assert is_normal.sum() == COUNTS["n_u_normal"]                                        # U: 30 normal + 5 sensitive
-    assert data.train.images.shape == (len(split.indices), 3, IMAGE_SIZE, IMAGE_SIZE)
+    size = config.image_size                                                              # 32, or 16 on CPU
+    assert data.train.images.shape == (len(split.indices), 3, size, size)
     assert data.train.images.min() >= -1 and data.train.images.max() <= 1
     assert len(data.test) == COUNTS["n_test"]
 
@@ -52,10 +52,11 @@ def test_clothes_and_accessories_are_each_others_reverse():
 
 
 @pytest.mark.parametrize("paper, cpu", [("FashionMNIST_clothes", "FashionMNIST_clothes_cpu"),
-                                        ("FashionMNIST_accessories", "FashionMNIST_accessories_cpu")])
-def test_cpu_companions_keep_the_data_resolution_and_proportions(paper, cpu):
+                                        ("FashionMNIST_accessories", "FashionMNIST_accessories_cpu"),
+                                        ("FashionMNIST_clothes", "FashionMNIST_clothes_cpu32")])
+def test_cpu_companions_keep_the_data_and_proportions(paper, cpu):
     paper, cpu = get_config(paper), get_config(cpu)
-    assert (cpu.dataset, cpu.normal_classes, cpu.image_size, cpu.n_test) == (
-        paper.dataset, paper.normal_classes, paper.image_size, paper.n_test)
+    assert (cpu.dataset, cpu.normal_classes, cpu.n_test) == (paper.dataset, paper.normal_classes, paper.n_test)
     assert cpu.n_u_normal == 10 * cpu.n_u_sensitive == 10 * cpu.n_s        # the paper's 10 : 1 : 1
     assert cpu.true_prior == paper.true_prior
+    assert cpu.classifier_size == cpu.image_size                            # judged at the size it draws
