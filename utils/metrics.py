@@ -39,7 +39,7 @@ def non_sensitive_rate(is_normal):
 
 
 class ClassifierFeatures(nn.Module):
-    """A ImageClassifier's penultimate features [B, D] for images in [0, 1]."""
+    """An ImageClassifier's penultimate features [B, D] for images in [0, 1]."""
 
     def __init__(self, classifier):
         super().__init__()
