@@ -68,7 +68,10 @@ class ImageClassifier(nn.Module):
         return self.backbone(self.prepare(x.float()))
 
     def forward(self, x):
-        logits = self.head(self.features(x))
+        return self.logits(self.features(x))
+
+    def logits(self, features):
+        logits = self.head(features)
         return logits.squeeze(-1) if self.head.out_features == 1 else logits
 
     def predict(self, x):
@@ -76,8 +79,8 @@ class ImageClassifier(nn.Module):
         return self.predict_from_features(self.features(x))
 
     def predict_from_features(self, features):
-        logits = self.head(features)
-        return logits.squeeze(-1) > 0 if self.head.out_features == 1 else logits.argmax(-1)
+        logits = self.logits(features)
+        return logits > 0 if logits.dim() == 1 else logits.argmax(-1)
 
 
 def small_cnn(widths=CNN_WIDTHS):
