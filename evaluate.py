@@ -2,15 +2,17 @@
 
     python evaluate.py checkpoints/main_MNIST_even_PU_0.1_42 --num_eval_samples 10000
 
-Draws --num_eval_samples images with the run's sampler and seed, judges them with the config's
-sensitivity classifier (trained and cached under checkpoints/classifiers/ on first use) and
-writes outputs/results/{key}.json for report.py. FID needs torch-fidelity's Inception weights
-(downloaded, or --inception_weights); without them it is null with the reason, and
-fd_classifier, the Frechet distance in the classifier's features, stands in for it.
+Draws --num_eval_samples images with the run's seed and sampler (or --sampler, --num_inference_steps;
+either tags the result key), judges them with the config's sensitivity classifier (trained and cached
+under checkpoints/classifiers/ on first use) and writes outputs/results/{key}.json for report.py.
+FID needs torch-fidelity's Inception weights (downloaded, or --inception_weights); without them it
+is null with the reason, and fd_classifier, the Frechet distance in the classifier's features,
+stands in for it.
 """
 import argparse
 from pathlib import Path
 
+from models import SAMPLERS
 from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir
 from utils.errors import exits_on_usage_error
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model, read_checkpoint_run
@@ -23,6 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint_dir", help="a checkpoints/main_* folder written by main.py or main-ft.py")
     add_eval_args(parser, allow_zero=False)
     add_num_inference_steps(parser, help="sampling steps (default: the run's; another count is recorded and tags the key)")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS),
+                        help="sampler (default: the run's; another is recorded and tags the key)")
     parser.add_argument("--data_dir", help="data root (default: the one the run trained from)")
     add_output_dir(parser, default=None, help="root that receives outputs/results/ and checkpoints/classifiers/ "
                                               "(default: the folder that holds the checkpoint's checkpoints/)")
@@ -44,7 +48,8 @@ def main(args):
     device, dtype = sampling_precision()
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
     evaluate_and_save(run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
-                      num_inference_steps=args.num_inference_steps, batch_size=args.eval_batch_size,
+                      num_inference_steps=args.num_inference_steps, sampler=args.sampler,
+                      batch_size=args.eval_batch_size,
                       data_dir=args.data_dir or record["args"].get("data_dir", "datasets"), device=device, dtype=dtype,
                       classifier_weights=args.classifier_weights, inception_weights=args.inception_weights,
                       checkpoint=args.checkpoint_dir)

@@ -247,13 +247,15 @@ def test_config_survives_the_json_round_trip_of_run_config():
         assert config_from_record(json.loads(json.dumps({"config": config.to_dict()}))) == config
 
 
-def test_result_key_is_tagged_only_when_steps_differ_from_the_config():
+def test_result_key_is_tagged_only_when_sampler_or_steps_differ_from_the_config():
     config = get_config(DIGITS)
     run = Run(script="main", config_name=DIGITS, config=config, algorithm="PU", beta=0.1, seed=42,
               pu_correction="abs", root=Path("."))
     key = "main_Digits_even_PU_0.1_42"
     assert run.result_key(config.num_inference_steps) == key
     assert run.result_key(7) == f"{key}_steps7"
+    assert run.result_key(config.num_inference_steps, config.sampler) == key
+    assert run.result_key(1000, "ddpm") == f"{key}_ddpm_steps1000"
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +303,17 @@ def test_evaluate_end_to_end_on_a_tiny_checkpoint(tiny_checkpoint, digits_classi
     tables, rows = build_tables(load_results(out / "outputs" / "results"))   # report.py reads it
     tags = ("nUn100", "nUs10", "nS10", "nT40", "ep1", "steps2")     # the run's overrides: a row of their own
     assert list(rows.values()) == [f"PU ({', '.join(tags)})"] and tables[0][3][("PU", 0.1, tags, ""), DIGITS][2] == 1
+
+
+def test_evaluate_with_another_sampler_writes_a_result_of_its_own(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_checkpoint / "checkpoints" / "classifiers", out / "checkpoints" / "classifiers")
+    evaluate.main(evaluate.parse_args([str(tiny_checkpoint / "checkpoints" / KEY), "--output_dir", str(out),
+                                       "--sampler", "ddpm", "--num_samples", "8", "--eval_batch_size", "8"]))
+    results = out / "outputs" / "results"
+    assert sorted(p.name for p in results.iterdir()) == [f"{KEY}_ddpm.json"]   # the run's own key untouched
+    result = json.loads((results / f"{KEY}_ddpm.json").read_text())
+    assert (result["sampler"], result["num_inference_steps"], result["num_samples"]) == ("ddpm", 2, 8)
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "stable diffusion run"])

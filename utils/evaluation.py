@@ -23,7 +23,7 @@ sensitive classes'), so a model that drops a normal class or draws noise shows i
 import json
 import platform
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +109,16 @@ def package_versions():
 
 
 def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, data_dir, device, dtype=None,
-                      num_inference_steps=None, reference=None, classifier_weights=None, inception_weights=None,
-                      output_dir=None, checkpoint=None):
+                      num_inference_steps=None, sampler=None, reference=None, classifier_weights=None,
+                      inception_weights=None, output_dir=None, checkpoint=None):
     """`evaluate` the model of `run` (a utils.run.Run) and write {output_dir}/outputs/results/{key}.json.
 
-    `num_inference_steps` defaults to the run's; another count tags the key (Run.result_key).
+    `num_inference_steps` and `sampler` default to the run's; others tag the key (Run.result_key).
     `output_dir` defaults to the run's root, `checkpoint` (recorded) to its checkpoint folder.
     Returns (path, result).
     """
     started = time.time()
-    config = run.config
+    config = replace(run.config, sampler=sampler or run.config.sampler)
     steps = num_inference_steps or config.num_inference_steps
     evaluation = evaluate(unet, noise_scheduler, config_name=run.config_name, config=config, seed=run.seed,
                           num_samples=num_samples, num_inference_steps=steps, batch_size=batch_size,
@@ -126,7 +126,7 @@ def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, da
                           reference=reference, classifier_weights=classifier_weights,
                           inception_weights=inception_weights)
     evaluation["times"].update(total_s=round(time.time() - started, 1), train_s=run.elapsed())
-    key = run.result_key(steps)
+    key = run.result_key(steps, config.sampler)
     result = dict(key=key, script=run.script, run_key=run.key, checkpoint=str(checkpoint or run.checkpoint_dir),
                   config_name=run.config_name, dataset=config.dataset, algorithm=run.algorithm,
                   beta=run.beta, beta_estimate=run.beta_estimate, seed=run.seed, pu_correction=run.pu_correction,

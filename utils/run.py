@@ -207,12 +207,15 @@ class Run:
         """The config's training fields as JSON would hold them (what a finished run must match)."""
         return {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in SAMPLING_FIELDS}
 
-    def result_key(self, num_inference_steps):
-        """The key of this run's results: its own, tagged _steps{N} when sampled with another step
-        count than it was trained to use, so such an evaluation never replaces the run's own."""
-        if num_inference_steps == self.config.num_inference_steps:
-            return self.key
-        return f"{self.key}_steps{num_inference_steps}"
+    def result_key(self, num_inference_steps, sampler=None):
+        """The key of this run's results: its own, tagged _{sampler} and _steps{N} when sampled with
+        another sampler or step count than its config's, so such an evaluation never replaces the run's own."""
+        key = self.key
+        if sampler not in (None, self.config.sampler):
+            key += f"_{sampler}"
+        if num_inference_steps != self.config.num_inference_steps:
+            key += f"_steps{num_inference_steps}"
+        return key
 
     def elapsed(self):
         """Seconds of training: a finished run's recorded time, or the time since this one started."""
