@@ -54,6 +54,15 @@ def test_generate_with_auto_equals_the_resolved_number(tiny_unet):
     assert torch.equal(auto, number)
 
 
+def test_generate_progress_counts_denoising_steps_over_all_batches(tiny_unet, capsys):
+    scheduler = build_noise_scheduler(get_config("Digits_even"))
+    images = generate(tiny_unet, scheduler, sampler="ddim", num_inference_steps=3, num_samples=5, batch_size=2,
+                      seed=0, desc="probe")
+    err = capsys.readouterr().err
+    assert images.shape[0] == 5
+    assert "0/9 " in err and "step" in err          # the bar's total: 3 batches of 3 steps
+
+
 def test_batch_size_or_auto():
     assert batch_size_or_auto("auto") == AUTO
     assert batch_size_or_auto("12") == 12

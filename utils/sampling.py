@@ -57,17 +57,20 @@ def generate(unet, noise_scheduler, *, sampler, num_inference_steps, num_samples
     was_training = unet.training
     unet.eval()
     out = []
-    for start in tqdm(range(0, num_samples, batch_size), desc=desc, leave=False,
-                      total=math.ceil(num_samples / batch_size)):
-        n = min(batch_size, num_samples - start)
-        x = torch.randn((n, *shape), generator=generator).to(device)
-        for t in scheduler.timesteps:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                eps = unet(x, t).sample
-            x = scheduler.step(eps.float(), t, x, generator=generator).prev_sample
-        if to_images is not None:
-            x = to_images(x)
-        out.append((x.float() / 2 + 0.5).clamp(0, 1).cpu())
+    # The bar counts denoising steps, not batches: on a CPU one batch of 1,000-step DDPM is half an hour.
+    with tqdm(total=math.ceil(num_samples / batch_size) * len(scheduler.timesteps), desc=desc, unit="step",
+              leave=False) as progress:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            x = torch.randn((n, *shape), generator=generator).to(device)
+            for t in scheduler.timesteps:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    eps = unet(x, t).sample
+                x = scheduler.step(eps.float(), t, x, generator=generator).prev_sample
+                progress.update()
+            if to_images is not None:
+                x = to_images(x)
+            out.append((x.float() / 2 + 0.5).clamp(0, 1).cpu())
     unet.train(was_training)
     return torch.cat(out)
 
