@@ -10,9 +10,12 @@ from models import build_sampler
 GRID_SAMPLES = 64   # an 8 x 8 grid, as in the paper's figures
 HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
 AUTO = "auto"       # a batch size found when sampling starts: the largest that fits
-# CPU: images per batch at 32 px, fewer at larger sizes (same pixels a batch): past this the cores
-# are busy and a bigger batch only costs memory (a 256 px UNet's feature map is 33 MB an image).
-CPU_EVAL_PIXELS = 256 * 32 * 32
+# CPU: images per batch at 32 px, more at 16 px, fewer at larger sizes (same pixels a batch). Past
+# this a bigger batch runs slower, its activations falling out of cache: one thread samples 25% more
+# image-steps a second in batches of 256 than of 1,000 at 16 px, and of 64 than of 256 at 32 px
+# (`OMP_NUM_THREADS=1 python benchmarks/throughput.py --config_name FashionMNIST_clothes_cpu --device cpu
+# --data_dir DIR --steps 1 --sample_steps 10 --sample_images 1000 --eval_batch_size 256`, then 1000).
+CPU_EVAL_PIXELS = 64 * 32 * 32
 # CUDA: the first batch tried, and the largest considered: far past the point where the GPU is
 # saturated, and small enough that no activation tensor nears the 2**31 elements of 32-bit indexing.
 PROBE_START = 64
