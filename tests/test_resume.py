@@ -29,10 +29,13 @@ from fixtures import cpu_env, offline_env, write_cifar10
 from tiny_models import load_script, save_tiny_ddpm
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
 from utils.errors import USAGE_EXIT_CODE
+from utils.files import RUN_CONFIG_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # The killed run's first training state comes after start-up (~10 s) and a few steps (~1 s idle).
 KILL_TIMEOUT_S = 120
+# accelerate saves registered objects in order as custom_checkpoint_{i}.pkl: the lr schedule, then the progress.
+PROGRESS_FILE = "custom_checkpoint_1.pkl"
 DIVERGED_EXIT = 3               # README, Reproducibility: a non-finite loss or gradient exits with code 3
 
 
@@ -122,9 +125,15 @@ def check_kill_and_resume(case, tmp_path, capsys, monkeypatch):
     assert "unfinished run" in capsys.readouterr().err
     assert list_checkpoints(state_dir) == states
 
+    before = torch.load(states[-1] / PROGRESS_FILE, weights_only=False)["seconds"]   # the killed process's
     trained = count_training_steps(monkeypatch)
+    started = time.time()
     case.run(out, *saving, "--resume_from_checkpoint", "latest")
+    wall = time.time() - started
     resumed_log = capsys.readouterr().out
+    # The recorded training time is the killed process's, as its state carried it, plus this one's.
+    recorded = json.loads((out / "checkpoints" / case.key / RUN_CONFIG_FILE).read_text())["train_seconds"]
+    assert before > 0 and before + 0.5 * wall <= recorded <= before + wall + 0.1
     assert f"resumed from {states[-1]}: step {resumed_step}" in resumed_log
     # It went on from the saved step: it trained only the steps after it, and logged only the epoch
     # that step was in and those after (a fresh start would train all case.steps and log every epoch).

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,7 @@ class Checkpointing:
     total_limit: int = None      # --checkpoints_total_limit; None keeps every state
     resume: Path = None          # the state to load before training, None for a fresh start
     fresh: bool = False          # --overwrite without a resume: the old run's states go first
+    resumed_seconds: float = 0.0  # the training time the resumed state carried (0 for a fresh start)
 
     @classmethod
     def from_args(cls, args, checkpoint_dir, key, settings):
@@ -169,9 +171,10 @@ class Checkpointing:
         if split is not None and (saved is None or not all(torch.equal(split[k], saved[k]) for k in split)):
             raise UsageError(f"the PU split differs from the one saved in {self.resume} (did the data on disk "
                              f"change?); resume on the same data or start over with --overwrite")
+        self.resumed_seconds = progress.seconds
         if accelerator.is_main_process:
             print(f"resumed from {self.resume}: step {progress.step}, epoch {progress.epoch + 1}, "
-                  f"{progress.batch} batches into it")
+                  f"{progress.batch} batches into it, {progress.seconds / 60:.1f} minutes of training before")
 
     def save(self, accelerator, progress, settings):
         """Write the training state at progress.step aside, then rename it; keep the newest total_limit."""
@@ -213,14 +216,19 @@ class TrainingProgress:
         self.shuffle_state = None     # the loader generator's state when the epoch began
         self.stats = None             # the epoch's running sums, so its logged means survive a resume
         self.split = split            # {"indices", "labels"} int64 tensors, or None
+        self.seconds = 0.0            # training seconds of the processes this one resumed from
+        self.clock = time.time()      # when this process began (or resumed) training
 
     def state_dict(self):
+        # A saved state carries the training time up to it, so a run resumed across sessions reports
+        # its whole training time; the steps lost after the last save are trained again and count once.
         return dict(step=self.step, epoch=self.epoch, batch=self.batch, shuffle_state=self.shuffle_state,
-                    stats=self.stats, split=self.split)
+                    stats=self.stats, split=self.split, seconds=self.seconds + time.time() - self.clock)
 
     def load_state_dict(self, state):
         for name, value in state.items():
             setattr(self, name, value)
+        self.clock = time.time()
 
 
 def split_state(split):

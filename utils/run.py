@@ -218,8 +218,12 @@ class Run:
         return key
 
     def elapsed(self):
-        """Seconds of training: a finished run's recorded time, or the time since this one started."""
-        return self.train_seconds if self.train_seconds is not None else round(time.time() - self.started, 1)
+        """Seconds of training: a finished run's recorded time, or the time since this one started plus,
+        for a resumed run, the training time its state carried."""
+        if self.train_seconds is not None:
+            return self.train_seconds
+        earlier = self.checkpointing.resumed_seconds if self.checkpointing else 0.0
+        return round(earlier + time.time() - self.started, 1)
 
     def to_record(self, **extra):
         """The resolved run as the JSON-ready dict saved as run_config.json beside the checkpoint."""
