@@ -88,7 +88,7 @@ FASHION_MNIST = dict(MNIST, dataset="FashionMNIST")
 # paper's 10 : 1 : 1 proportions, at 16 px with the digits' UNet, sampled with the paper's DDPM in
 # 1,000 steps. At 32 px, FashionMNIST_clothes_cpu32 (below; 5,640 steps, 46 minutes) drew texture
 # that the class classifier put 49% in Bag. At 16 px, the same Unsupervised model (seed 0) drew
-# 16.2% sensitive samples with DDIM in 100 steps and 7.8% with DDPM in 1,000 (400 samples each),
+# 15.9% sensitive samples with DDIM in 100 steps and 7.9% with DDPM in 1,000 (1,000 samples each),
 # against the 9.1% it trained on: only the DDPM samples reproduce the training mixture.
 FASHION_MNIST_CPU = dict(FASHION_MNIST, n_u_normal=5_000, n_u_sensitive=500, n_s=500, num_epochs=60,
                          batch_size=32, image_size=16, classifier_size=16, learning_rate=1e-3,
