@@ -4,7 +4,8 @@
 
 Draws --num_eval_samples images with the run's seed and sampler (or --sampler, --num_inference_steps;
 either tags the result key), judges them with the config's sensitivity classifier (trained and cached
-under checkpoints/classifiers/ on first use) and writes outputs/results/{key}.json for report.py.
+under checkpoints/classifiers/ on first use) and writes outputs/results/{key}.json for report.py
+(with another sampler or step count, also that setting's 8 x 8 grid as outputs/images/{key}.png).
 FID needs torch-fidelity's Inception weights (downloaded, or --inception_weights); without them it
 is null with the reason, and fd_classifier, the Frechet distance in the classifier's features,
 stands in for it.
@@ -16,6 +17,7 @@ from models import SAMPLERS
 from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir
 from utils.errors import exits_on_usage_error
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model, read_checkpoint_run
+from utils.experiment import save_sample_grid
 from utils.run import check_output_dir
 from utils.sampling import sampling_precision
 
@@ -47,12 +49,14 @@ def main(args):
     check_output_dir(output_dir)
     device, dtype = sampling_precision()
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
-    evaluate_and_save(run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
+    _, result = evaluate_and_save(run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
                       num_inference_steps=args.num_inference_steps, sampler=args.sampler,
                       batch_size=args.eval_batch_size,
                       data_dir=args.data_dir or record["args"].get("data_dir", "datasets"), device=device, dtype=dtype,
                       classifier_weights=args.classifier_weights, inception_weights=args.inception_weights,
                       checkpoint=args.checkpoint_dir)
+    if result["key"] != run.key:     # another sampler or step count: its own grid beside its own result
+        save_sample_grid(run, unet, noise_scheduler, dtype, result["sampler"], result["num_inference_steps"])
 
 
 if __name__ == "__main__":

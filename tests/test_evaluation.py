@@ -314,6 +314,7 @@ def test_evaluate_with_another_sampler_writes_a_result_of_its_own(tiny_checkpoin
     assert sorted(p.name for p in results.iterdir()) == [f"{KEY}_ddpm.json"]   # the run's own key untouched
     result = json.loads((results / f"{KEY}_ddpm.json").read_text())
     assert (result["sampler"], result["num_inference_steps"], result["num_samples"]) == ("ddpm", 2, 8)
+    assert [p.name for p in (out / "outputs" / "images").iterdir()] == [f"{KEY}_ddpm.png"]   # its own grid
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "stable diffusion run"])

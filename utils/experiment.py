@@ -57,12 +57,13 @@ def eval_samples(run):
     return run.config.num_eval_samples if n is None else n
 
 
-def save_sample_grid(run, unet, noise_scheduler, dtype):
-    """The run's 8 x 8 grid of seeded samples, written atomically to outputs/images/{key}.png."""
-    images = generate(unet, noise_scheduler, sampler=run.config.sampler, num_samples=GRID_SAMPLES,
-                      num_inference_steps=run.config.num_inference_steps, batch_size=GRID_SAMPLES,
-                      seed=run.seed, dtype=dtype, desc="sample grid")
-    return write_file_atomically(run.image_dir / f"{run.key}.png", lambda p: save_grid(images, p))
+def save_sample_grid(run, unet, noise_scheduler, dtype, sampler=None, num_inference_steps=None):
+    """The run's 8 x 8 grid of seeded samples, written atomically to outputs/images/{key}.png; with
+    another sampler or step count than the run's, named by the result key they give (Run.result_key)."""
+    sampler, steps = sampler or run.config.sampler, num_inference_steps or run.config.num_inference_steps
+    images = generate(unet, noise_scheduler, sampler=sampler, num_samples=GRID_SAMPLES, num_inference_steps=steps,
+                      batch_size=GRID_SAMPLES, seed=run.seed, dtype=dtype, desc="sample grid")
+    return write_file_atomically(run.image_dir / f"{run.result_key(steps, sampler)}.png", lambda p: save_grid(images, p))
 
 
 def evaluate_run(run, unet, noise_scheduler, device, dtype, reference=None):
