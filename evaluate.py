@@ -49,12 +49,12 @@ def main(args):
     check_output_dir(output_dir)
     device, dtype = sampling_precision()
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
-    _, result = evaluate_and_save(run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
-                      num_inference_steps=args.num_inference_steps, sampler=args.sampler,
-                      batch_size=args.eval_batch_size,
-                      data_dir=args.data_dir or record["args"].get("data_dir", "datasets"), device=device, dtype=dtype,
-                      classifier_weights=args.classifier_weights, inception_weights=args.inception_weights,
-                      checkpoint=args.checkpoint_dir)
+    _, result = evaluate_and_save(
+        run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
+        num_inference_steps=args.num_inference_steps, sampler=args.sampler, batch_size=args.eval_batch_size,
+        data_dir=args.data_dir or record["args"].get("data_dir", "datasets"), device=device, dtype=dtype,
+        classifier_weights=args.classifier_weights, inception_weights=args.inception_weights,
+        checkpoint=args.checkpoint_dir)
     if result["key"] != run.key:     # another sampler or step count: its own grid beside its own result
         save_sample_grid(run, unet, noise_scheduler, dtype, result["sampler"], result["num_inference_steps"])
 
