@@ -211,7 +211,7 @@ class Run:
         """The key of this run's results: its own, tagged _{sampler} and _steps{N} when sampled with
         another sampler or step count than its config's, so such an evaluation never replaces the run's own."""
         key = self.key
-        if sampler not in (None, self.config.sampler):
+        if sampler is not None and sampler != self.config.sampler:     # SD configs have no sampler field
             key += f"_{sampler}"
         if num_inference_steps != self.config.num_inference_steps:
             key += f"_steps{num_inference_steps}"
