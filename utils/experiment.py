@@ -63,7 +63,8 @@ def save_sample_grid(run, unet, noise_scheduler, dtype, sampler=None, num_infere
     sampler, steps = sampler or run.config.sampler, num_inference_steps or run.config.num_inference_steps
     images = generate(unet, noise_scheduler, sampler=sampler, num_samples=GRID_SAMPLES, num_inference_steps=steps,
                       batch_size=GRID_SAMPLES, seed=run.seed, dtype=dtype, desc="sample grid")
-    return write_file_atomically(run.image_dir / f"{run.result_key(steps, sampler)}.png", lambda p: save_grid(images, p))
+    path = run.image_dir / f"{run.result_key(steps, sampler)}.png"
+    return write_file_atomically(path, lambda p: save_grid(images, p))
 
 
 def evaluate_run(run, unet, noise_scheduler, device, dtype, reference=None):
