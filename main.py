@@ -12,7 +12,8 @@ from utils.cli import add_eval_args, add_run_args
 from utils.data import SCRATCH_CONFIGS
 from utils.errors import exits_on_usage_error
 from utils.experiment import estimate_beta_from_images, run_pixel_experiment
-from utils.run import Run, seed_everything
+from utils.run import Run
+from utils.seeding import seed_everything
 
 
 def parse_args(argv=None):

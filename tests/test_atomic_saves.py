@@ -107,6 +107,13 @@ def test_overwrite_replaces_a_finished_run_only_once_the_new_one_is_saved(tmp_pa
     run(tmp_path)
     checkpoint = tmp_path / "checkpoints" / KEY
     (checkpoint / "left_by_the_old_run.txt").write_text("old")
+    # What the old model's evaluations and training left beside it (report.py reads the results).
+    outputs = tmp_path / "outputs"
+    derived = [outputs / "results" / f"{KEY}.json", outputs / "results" / f"{KEY}_ddpm.json",
+               outputs / "images" / f"{KEY}_ddpm.png", outputs / "logs" / KEY / "events.out.tfevents.0.old-run"]
+    for path in derived:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("old")
     before = snapshot(tmp_path)
 
     # The new run fails while its pipeline is written: the old run is still there, whole.
@@ -115,11 +122,15 @@ def test_overwrite_replaces_a_finished_run_only_once_the_new_one_is_saved(tmp_pa
         with pytest.raises(OSError, match="No space left"):
             run(tmp_path, "--overwrite")
     assert snapshot(tmp_path) == before
+    assert all(path.read_text() == "old" for path in derived)
     assert not leftovers(tmp_path)
 
-    # The new run succeeds: its folder replaces the old one (not merged into it), and its grid the old grid.
+    # The new run succeeds: its folder replaces the old one (not merged into it), and its grid the old
+    # grid; the old results, re-evaluation grid and logs are gone, the new run's logs are there.
     run(tmp_path, "--overwrite")
     assert not (checkpoint / "left_by_the_old_run.txt").exists()
+    assert not any(path.exists() for path in derived)
+    assert list((tmp_path / "outputs" / "logs" / KEY).glob("events.out.tfevents.*"))
     assert json.loads((checkpoint / "run_config.json").read_text())["args"]["overwrite"] is True
     assert (checkpoint / "model_index.json").is_file()
     assert (tmp_path / "outputs" / "images" / f"{KEY}.png").is_file()

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from fixtures import write_cifar10
-from tiny_models import load_script, save_tiny_stable_diffusion
+from tiny_models import load_script, save_tiny_ddpm, save_tiny_stable_diffusion
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
 from utils.errors import USAGE_EXIT_CODE
 
@@ -27,6 +27,7 @@ DIGITS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitiv
 DIGITS_TAGS = "nUn200_nUs20_nS20_ep1_steps2"     # the key tags of the overrides in DIGITS
 KEY = f"main_Digits_even_Unsupervised_0.0_{DIGITS_TAGS}_42"
 CIFAR_TAGS = "nUn8_nUs1_nS2_nT4"
+CIFAR_SIZE = 32
 CIFAR = ["--config_name", "CIFAR10_vehicles", "--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2",
          "--n_test", "4", "--num_eval_samples", "0"]
 SD = ["--num_eval_samples", "0", "--resolution", "16", "--num_epochs", "1"]
@@ -161,6 +162,17 @@ def test_resume_from_a_damaged_training_state(states, capsys):
     assert "model.safetensors is damaged" in line
 
 
+def test_resume_from_a_training_state_that_fails_to_load(states, capsys):
+    # Whole enough to pass the cheap checks, it fails in accelerate's load_state, after the data and
+    # the model are ready: still nothing written (no TensorBoard log either).
+    out, state_dir = states
+    optimizer = state_dir / "checkpoint-8" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    line = refused("main.py", [*DIGITS, "--algorithm", "Unsupervised", "--output_dir", out,
+                               "--resume_from_checkpoint", "latest"], capsys, out)
+    assert "cannot load the training state" in line and "checkpoint-8" in line
+
+
 def test_zero_checkpoints_to_keep(tmp_path, capsys):
     line = refused("main.py", [*DIGITS, "--output_dir", tmp_path / "out", "--checkpoints_total_limit", "0"],
                    capsys, tmp_path)
@@ -226,7 +238,8 @@ def test_fine_tuning_from_a_training_state(cifar, finished, tmp_path, capsys):
 
 def test_fine_tuning_resumed_from_a_main_py_training_state(cifar, finished, tmp_path, capsys):
     state = finished / "checkpoints" / f"{KEY}.state" / "checkpoint-4"
-    line = refused("main-ft.py", [*CIFAR, "--data_dir", cifar, "--pretrained_model", finished / "checkpoints" / KEY,
+    pretrained = save_tiny_ddpm(tmp_path / "ddpm", sample_size=CIFAR_SIZE)
+    line = refused("main-ft.py", [*CIFAR, "--data_dir", cifar, "--pretrained_model", pretrained,
                                   "--output_dir", tmp_path / "out", "--resume_from_checkpoint", state],
                    capsys, tmp_path)
     assert f"is a training state of run {KEY}, not of main_ft_CIFAR10_vehicles_PU_0.1_{CIFAR_TAGS}_42" in line
@@ -295,6 +308,14 @@ def test_evaluating_a_checkpoint_with_cut_short_weights(checkpoint_copy, tmp_pat
     weights.write_bytes(weights.read_bytes()[:1000])
     line = refused("evaluate.py", [checkpoint_copy, "--output_dir", tmp_path / "out"], capsys, tmp_path)
     assert "cannot load the pipeline" in line
+
+
+def test_sd_evaluation_of_a_checkpoint_with_a_damaged_record(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoints" / "main_sd_PU_0.1_42"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "run_config.json").write_text("{cut short")
+    line = refused("evaluate-sd.py", ["--checkpoint", checkpoint, "--output_dir", tmp_path / "out"], capsys, tmp_path)
+    assert "run_config.json is unreadable or incomplete" in line
 
 
 def test_evaluating_into_a_file(finished, tmp_path, capsys):

@@ -1,9 +1,11 @@
 """`--beta auto` end to end: the prior is estimated before training, recorded, and named in the key."""
 import json
+import shutil
 
 import pytest
 
 from tiny_models import load_script
+from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints, read_training_state
 
 TINY = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20", "--n_s", "20",
         "--num_epochs", "1", "--num_inference_steps", "2", "--num_eval_samples", "8", "--seed", "0"]
@@ -43,3 +45,26 @@ def test_beta_auto_with_an_algorithm_that_does_not_use_beta_exits_2(algorithm, t
     assert refused.value.code == USAGE_EXIT
     assert f"{algorithm} does not use beta" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_resumed_beta_auto_run_trains_on_with_the_beta_it_began_with(tmp_path, capsys):
+    main = load_script("main.py")
+    argv = [*TINY, "--num_eval_samples", "0", "--beta", "auto", "--output_dir", str(tmp_path),
+            "--checkpointing_steps", "2", "--resume_from_checkpoint", "latest"]
+    main.main(main.parse_args(argv))
+    checkpoint = tmp_path / "checkpoints" / KEY
+    record = json.loads((checkpoint / "run_config.json").read_text())
+    last = list_checkpoints(tmp_path / "checkpoints" / f"{KEY}.state")[-1]
+    state = read_training_state(last)
+    assert state["auto_beta"] == dict(beta=record["beta"], beta_estimate=record["beta_estimate"])
+    # The run made unfinished again, its last state saying another beta: the resume takes that one.
+    shutil.rmtree(checkpoint)
+    (tmp_path / "outputs" / "images" / f"{KEY}.png").unlink()
+    state["auto_beta"] = dict(beta=0.1234, beta_estimate=dict(record["beta_estimate"], estimate=0.1234))
+    (last / TRAINING_STATE_FILE).write_text(json.dumps(state))
+    capsys.readouterr()
+    main.main(main.parse_args(argv))
+    out = capsys.readouterr().out
+    assert "beta auto: 0.1234, estimated when the run began" in out and "interval" not in out
+    resumed = json.loads((checkpoint / "run_config.json").read_text())
+    assert resumed["beta"] == 0.1234 and resumed["beta_estimate"]["estimate"] == 0.1234

@@ -28,8 +28,10 @@ CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
 LATEST = "latest"
-# Config fields that only change sampling or evaluation; every other field must match to resume.
-SAMPLING_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size")
+# Config fields that only change sampling or evaluation, or say where the data lies (a moved folder
+# holds the same images); every other field must match to resume or to count a run as finished.
+FREE_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size", "clip_model",
+               "data_dir")
 # What accelerate's save_state writes for one model, optimizer, registered schedule and progress.
 STATE_FILES = ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
                "random_states_0.pkl")
@@ -114,7 +116,7 @@ def check_settings(path, now):
 def training_settings(config, correction, num_processes, mixed_precision):
     """What must not change between a run and its resume: the config's training fields, the correction,
     the process count (it shapes the shards) and the precision."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in SAMPLING_FIELDS}
+    settings = {k: v for k, v in config.to_dict().items() if k not in FREE_FIELDS}
     return json.loads(json.dumps(dict(settings, pu_correction=correction, num_processes=num_processes,
                                       mixed_precision=mixed_precision)))
 
@@ -130,6 +132,7 @@ class Checkpointing:
     resume: Path = None          # the state to load before training, None for a fresh start
     fresh: bool = False          # --overwrite without a resume: the old run's states go first
     resumed_seconds: float = 0.0  # the training time the resumed state carried (0 for a fresh start)
+    auto_beta: dict = None       # --beta auto: {beta, beta_estimate}, saved with every state (Run.settle_beta)
 
     @classmethod
     def from_args(cls, args, checkpoint_dir, key, settings):
@@ -189,7 +192,7 @@ class Checkpointing:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             record = dict(key=self.key, step=progress.step, epoch=progress.epoch + 1, batch=progress.batch,
-                          settings=settings)
+                          settings=settings, auto_beta=self.auto_beta)
             (tmp / TRAINING_STATE_FILE).write_text(json.dumps(record, indent=2))
             replace_dir(tmp, final)
             states = list_checkpoints(self.state_dir)
@@ -200,6 +203,10 @@ class Checkpointing:
                 shutil.rmtree(doomed)
         accelerator.wait_for_everyone()
         return final
+
+    def resumed_beta(self):
+        """The {beta, beta_estimate} that a --beta auto run saved with the state to resume from, else None."""
+        return read_training_state(self.resume).get("auto_beta") if self.resume is not None else None
 
     def last_saved(self):
         states = list_checkpoints(self.state_dir)

@@ -39,6 +39,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 UNIT_TO_SYMMETRIC = ((0.5,) * 3, (0.5,) * 3)   # [0, 1] -> [-1, 1] for the CNN
 LOADER_WORKERS_CUDA = 8                   # image decoding keeps up with a GPU; on CPU the main process loads
 PREDICT_BATCH = 256
+FLIP_PROBABILITY = 0.5                    # recipe.flip: each training image is mirrored left-right with this chance
 SENSITIVITY, CLASSES = "sensitivity", "classes"   # what a classifier judges (see the module docstring)
 NAMES = {SENSITIVITY: "sensitivity classifier", CLASSES: "class classifier"}
 
@@ -189,7 +190,7 @@ def train_classifier(model, dataset, recipe, device, seed=CLASSIFIER_SEED):
     for epoch in range(recipe.epochs):
         for x, y in loader:
             if recipe.flip:
-                flip = torch.rand(len(x), generator=flips) < 0.5
+                flip = torch.rand(len(x), generator=flips) < FLIP_PROBABILITY
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             with autocast(device):
                 logits = model(x.to(device)).float()

@@ -8,34 +8,31 @@ checked before the first write.
 import json
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from utils.data import load_pu_data
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model
 from utils.files import RESULTS_DIR, write_file_atomically
-from utils.run import save_pipeline, seed_everything
+from utils.run import save_pipeline
+from utils.seeding import seed_everything
 from utils.sampling import GRID_SAMPLES, generate, sampling_precision, save_grid
 from utils.training import train
 
 
 def train_run(run, model, noise_scheduler, dataset, **loop_options):
-    """Seed, open the TensorBoard writer (main process) and train `model` with the run's spec."""
-    accelerator = run.accelerator
+    """Seed and train `model` with the run's spec, logging to the run's TensorBoard folder."""
     seed_everything(run.seed)
-    writer = SummaryWriter(run.log_dir) if accelerator.is_main_process else None
-    model = train(accelerator, model, noise_scheduler, dataset, run.training_spec, writer=writer,
-                  checkpointing=run.checkpointing, **loop_options)
-    if writer is not None:
-        writer.close()
-    return model
+    return train(run.accelerator, model, noise_scheduler, dataset, run.training_spec, log_dir=run.log_dir,
+                 checkpointing=run.checkpointing, **loop_options)
 
 
 def estimate_beta_from_images(data_dir, seed, classifier_weights=None):
     """main.py's and main-ft.py's --beta auto: the class prior of the run's own PU split (utils.prior)."""
     from utils.prior import estimate_prior_for_images
 
-    def estimate(config, device):
-        return estimate_prior_for_images(load_pu_data(config, data_dir, seed).train, config, device, seed=seed,
+    def estimate(config, accelerator):
+        with accelerator.main_process_first():   # one process downloads; the others then read its files
+            data = load_pu_data(config, data_dir, seed)
+        return estimate_prior_for_images(data.train, config, accelerator.device, seed=seed,
                                          weights_path=classifier_weights)
     return estimate
 
@@ -46,8 +43,10 @@ def estimate_beta_from_sd_folders(data_dir, clip_model, seed):
     from utils.prior import estimate_prior_for_sd
     from utils.sd import validate_sd_folder
 
-    def estimate(config, device):
-        return estimate_prior_for_sd(validate_sd_folder(data_dir, config), load_clip(clip_model), device, seed=seed)
+    def estimate(config, accelerator):
+        with accelerator.main_process_first():   # one process downloads CLIP; the others then read its files
+            clip = load_clip(clip_model)
+        return estimate_prior_for_sd(validate_sd_folder(data_dir, config), clip, accelerator.device, seed=seed)
     return estimate
 
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list
 
 from configs import AUTO_BETA, DEFAULT_BETA, with_overrides
 from configs.sd import SD_CONFIG_NAME
 from losses import DEFAULT_CORRECTION, get_algorithm
-from utils.checkpointing import LATEST, SAMPLING_FIELDS, Checkpointing
+from utils.checkpointing import LATEST, FREE_FIELDS, Checkpointing
 from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES
 from utils.errors import UsageError
-from utils.files import RUN_CONFIG_FILE, save_folder_atomically
+from utils.files import RESULTS_DIR, RUN_CONFIG_FILE, save_folder_atomically
 from utils.training import TrainingSpec, make_accelerator
 
 # Scripts whose key names the config; main-sd.py has a single experiment (DESIGN section 3).
@@ -37,11 +37,6 @@ SCRIPTS_KEYED_BY_CONFIG = ("main", "main_ft")
 KEY_TAGS = {"n_u_normal": "nUn", "n_u_sensitive": "nUs", "n_s": "nS", "n_test": "nT", "num_epochs": "ep",
             "batch_size": "bs", "learning_rate": "lr", "num_inference_steps": "steps", "resolution": "res"}
 CORRECTION_TAG = "nn"                   # --pu_correction nn (abs is the default)
-
-
-def seed_everything(seed):
-    """Seed Python, NumPy and torch (all devices) from one number."""
-    set_seed(seed)
 
 
 def format_beta(beta):
@@ -92,6 +87,8 @@ class Run:
     beta_auto: bool = False          # --beta auto: beta was estimated from U and S (the key says auto)
     beta_estimate: dict = None       # the estimate, its interval and method (utils.prior.PriorEstimate)
     done: bool = False               # finished earlier with these settings: nothing to train
+    replaced: tuple = ()             # --overwrite: the old run's grids, results and logs, deleted once
+                                     # the new pipeline is saved (save_pipeline)
 
     @property
     def key(self):
@@ -124,7 +121,7 @@ class Run:
 
         Applies the command line's overrides (and `script_overrides`, options only one script has)
         to `base`, settles beta (the default for algorithms that use it, 0.0 for the others; with
-        --beta auto, `estimate_beta(config, device)` -> utils.prior.PriorEstimate), forms the key,
+        --beta auto, `estimate_beta(config, accelerator)` -> utils.prior.PriorEstimate), forms the key,
         makes the accelerator (it decides precision and process count) and resolves the training
         state to resume from against the final settings.
         """
@@ -149,7 +146,7 @@ class Run:
             run.checkpointing = Checkpointing.from_args(args, run.checkpoint_dir, run.key,
                                                         run.training_spec.settings(run.accelerator))
         if auto and not run.done:   # last: the estimate trains classifiers, so every cheap check comes first
-            run.settle_beta(estimate_beta(config, run.accelerator.device))
+            run.settle_beta(estimate_beta)
         return run
 
     @classmethod
@@ -163,11 +160,21 @@ class Run:
                    pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION, root=Path(root),
                    tags=tuple(record.get("key_tags", ())), train_seconds=record.get("train_seconds"))
 
+    def outputs_named_by_key(self, folder, suffix):
+        """`folder`'s files of this key: {key}{suffix} and the re-evaluations' {key}_*{suffix}."""
+        key = glob.escape(self.key)
+        return sorted(folder.glob(f"{key}{suffix}")) + sorted(folder.glob(f"{key}_*{suffix}"))
+
     def finished_outputs(self):
         """What a finished run of this key left: its pipeline folder and sample grids."""
-        key = glob.escape(self.key)
-        images = sorted(self.image_dir.glob(f"{key}.png")) + sorted(self.image_dir.glob(f"{key}_*.png"))
+        images = self.outputs_named_by_key(self.image_dir, ".png")
         return [p for p in (self.checkpoint_dir, *images) if p.exists()]
+
+    def derived_outputs(self):
+        """What a run of this key left beside its pipeline folder: grids, results and TensorBoard logs."""
+        logs = sorted(p for p in self.log_dir.rglob("*") if p.is_file())
+        return [*self.outputs_named_by_key(self.image_dir, ".png"),
+                *self.outputs_named_by_key(self.root / RESULTS_DIR, ".json"), *logs]
 
     def check_writable(self):
         """Refuse to touch a finished run, unless --overwrite replaces it or --resume_from_checkpoint
@@ -185,13 +192,30 @@ class Run:
             raise UsageError(f"{finished[0]} holds a finished run; pass --resume_from_checkpoint latest to leave it "
                              f"as it is, --overwrite to replace it, or choose another --seed or --output_dir")
         check_output_dir(self.root)
+        if self.args.overwrite:
+            self.replaced = tuple(self.derived_outputs())
 
-    def settle_beta(self, estimate):
-        """Take the estimated class prior as beta (--beta auto) and say what it is."""
-        self.beta, self.beta_estimate = estimate.beta, estimate.to_record()
-        note = f"; warning: {estimate.warning}" if estimate.warning else ""
-        print(f"beta auto: {estimate.beta:.4f}, {1 - estimate.delta:.0%} interval [{estimate.lower:.4f}, "
-              f"{estimate.upper:.4f}] ({estimate.method}, |U| = {estimate.n_u}, |S| = {estimate.n_s}){note}")
+    def settle_beta(self, estimate_beta):
+        """--beta auto: the beta that the training state to resume from was trained with, or else the
+        class prior estimated from U and S by `estimate_beta(config, accelerator)` (a PriorEstimate).
+
+        Every process estimates, and all take process 0's estimate: on a GPU the classifiers are not
+        bit-exact, and one DDP model must train with one beta. The beta is saved with every training
+        state, so a resume never trains on with a new estimate.
+        """
+        saved = self.checkpointing.resumed_beta()
+        if saved is not None:
+            self.beta, self.beta_estimate = saved["beta"], saved["beta_estimate"]
+            message = f"beta auto: {self.beta:.4f}, estimated when the run began ({self.checkpointing.resume})"
+        else:
+            estimate = broadcast_object_list([estimate_beta(self.config, self.accelerator)])[0]
+            self.beta, self.beta_estimate = estimate.beta, estimate.to_record()
+            note = f"; warning: {estimate.warning}" if estimate.warning else ""
+            message = (f"beta auto: {estimate.beta:.4f}, {1 - estimate.delta:.0%} interval [{estimate.lower:.4f}, "
+                       f"{estimate.upper:.4f}] ({estimate.method}, |U| = {estimate.n_u}, |S| = {estimate.n_s}){note}")
+        self.checkpointing.auto_beta = dict(beta=self.beta, beta_estimate=self.beta_estimate)
+        if self.accelerator.is_main_process:
+            print(message)
 
     def check_same_settings(self, record):
         """UsageError unless the finished run `record` (its run_config.json) trained what this run would."""
@@ -205,7 +229,7 @@ class Run:
 
     def to_settings(self):
         """The config's training fields as JSON would hold them (what a finished run must match)."""
-        return {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in SAMPLING_FIELDS}
+        return {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in FREE_FIELDS}
 
     def result_key(self, num_inference_steps, sampler=None):
         """The key of this run's results: its own, tagged _{sampler} and _steps{N} when sampled with
@@ -244,4 +268,7 @@ def save_pipeline(run, pipeline, record):
     def write(tmp):
         pipeline.save_pretrained(tmp)
         (tmp / RUN_CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str))
-    return save_folder_atomically(run.checkpoint_dir, write)
+    path = save_folder_atomically(run.checkpoint_dir, write)
+    for old in run.replaced:   # they described the model just replaced; report.py would average them in
+        old.unlink(missing_ok=True)
+    return path

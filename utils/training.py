@@ -4,23 +4,28 @@ Scripts differ only in the model they pass and in `to_model_input`, which turns 
 into (x0, cond, y): images and no conditioning for the pixel-space scripts; VAE latents and text
 embeddings for Stable Diffusion.
 """
-import torch
-from accelerate import Accelerator, skip_first_batches
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from torch.utils.data import DataLoader, RandomSampler
-from tqdm.auto import tqdm
-
 import shlex
 import signal
 import sys
 import threading
 from dataclasses import dataclass
 
+import torch
+from accelerate import Accelerator, skip_first_batches
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
 from configs import DEFAULT_SEED
 from losses import DEFAULT_CORRECTION, denoising_error, get_algorithm, get_objective, pu_risks
 from utils.checkpointing import LATEST, NonFiniteGuard, TrainingProgress, split_state, training_settings
 from utils.data import collate_batch, place_on_device
 from utils.errors import TrainingDiverged, TrainingInterrupted, UsageError
+from utils.seeding import seed_everything
+
+# The progress bar shows the loss every this many steps: reading it syncs a GPU with the host.
+BAR_LOSS_INTERVAL = 10
 
 
 def make_accelerator(mixed_precision=None, allow_tf32=True):
@@ -227,7 +232,7 @@ def prepare(accelerator, model, dataset, spec, *, num_workers=0, trainable_param
     if accelerator.num_processes > 1:
         # Every process was seeded alike; offsetting the seed gives each its own noise draws (t, eps),
         # as one large batch would have. The weights stay in step: DDP broadcast process 0's at prepare.
-        torch.manual_seed(spec.seed + accelerator.process_index)
+        seed_everything(spec.seed + accelerator.process_index)
     # The schedule is not prepared (accelerate would step it once per process per step), so it is
     # registered for save_state / load_state by hand, beside the loop's own progress.
     progress = TrainingProgress(split_state(split))
@@ -265,13 +270,14 @@ def log_epoch(accelerator, session, spec, stats, epoch, writer):
     writer.add_scalar("train/lr", session.lr_scheduler.get_last_lr()[0], epoch + 1)
 
 
-def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=images_to_model_input, writer=None,
+def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=images_to_model_input, log_dir=None,
           num_workers=0, trainable_parameters=None, checkpointing=None, split=None):
     """Train `model` for spec.config.num_epochs epochs on `dataset` with the spec's objective.
 
     AdamW, a cosine schedule with config.lr_warmup_steps warmup steps over len(loader) * epochs
-    steps, grad-norm clipping at config.max_grad_norm. Per epoch, `writer` (a TensorBoard
-    SummaryWriter, main process only) receives the mean loss and, for PU, R_S and R_N.
+    steps, grad-norm clipping at config.max_grad_norm. Per epoch, TensorBoard logs in `log_dir` (main
+    process only; opened once the state to resume from has loaded, so a refused resume writes
+    nothing) receive the mean loss and, for PU, R_S and R_N.
     `checkpointing` (utils.checkpointing.Checkpointing) saves training states and resumes from one;
     `split` (the PU split) is saved with them, so a resume on other data fails loudly. A non-finite
     loss or gradient norm raises TrainingDiverged. With several processes each trains on its own
@@ -287,11 +293,16 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
         print(f"training: {len(s.loader)} steps of {config.batch_size} images per epoch{share}")
 
     progress, step = s.progress, s.progress.step
-    with StopSignals() as stop:
-        for epoch in range(progress.epoch, config.num_epochs):
-            step, stats = train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input,
-                                      checkpointing, stop, epoch, step)
-            log_epoch(accelerator, s, spec, stats, epoch, writer)
+    writer = SummaryWriter(log_dir) if log_dir is not None and accelerator.is_main_process else None
+    try:
+        with StopSignals() as stop:
+            for epoch in range(progress.epoch, config.num_epochs):
+                step, stats = train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input,
+                                          checkpointing, stop, epoch, step)
+                log_epoch(accelerator, s, spec, stats, epoch, writer)
+    finally:
+        if writer is not None:
+            writer.close()
     accelerator.wait_for_everyone()
     # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
     # no autocast patch on forward (a later prepare would stack a second one).
@@ -340,7 +351,7 @@ def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input
             checkpointing.save(accelerator, progress, s.settings)
         if stopping:
             raise interrupted(stop.received, step, checkpointing.last_saved() if save else None)
-        if step % 10 == 0 or step == 1:
+        if step % BAR_LOSS_INTERVAL == 0 or step == 1:
             bar.set_postfix(loss=f"{loss.item():.4g}")
     stop_if_diverged(s.guard, checkpointing)
     progress.batch = 0
