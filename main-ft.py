@@ -14,7 +14,7 @@ from diffusers import DDIMPipeline
 
 from configs import FINETUNE_CONFIGS, FINETUNE_SAMPLER, get_config
 from models import IMAGE_CHANNELS
-from models.pretrained import load_pretrained_ddpm
+from models.pretrained import load_ddpm_configs, load_pretrained_ddpm
 from utils.cli import add_eval_args, add_pretrained_model, add_run_args
 from utils.errors import UsageError, exits_on_usage_error
 from utils.experiment import estimate_beta_from_images, run_pixel_experiment
@@ -30,27 +30,31 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_pretrained_unet(unet, config, source):
+def check_pretrained_unet(unet_config, config, source):
     """The pretrained UNet must take the config's images: 3 channels at config.image_size."""
-    size = unet.config.sample_size
-    if unet.config.in_channels != IMAGE_CHANNELS or size not in (config.image_size, [config.image_size] * 2):
-        raise UsageError(f"{source} takes {unet.config.in_channels}-channel {size} px images but "
-                         f"{config.dataset} is {IMAGE_CHANNELS}-channel {config.image_size} px; "
-                         f"pass a --pretrained_model trained at that size")
+    channels, size = unet_config["in_channels"], unet_config["sample_size"]
+    if channels != IMAGE_CHANNELS or size not in (config.image_size, [config.image_size] * 2):
+        raise UsageError(f"{source} takes {channels}-channel {size} px images but {config.dataset} is "
+                         f"{IMAGE_CHANNELS}-channel {config.image_size} px; pass a --pretrained_model trained "
+                         f"at that size")
 
 
 @exits_on_usage_error
 def main(args):
     config = get_config(args.config_name)
     source = args.pretrained_model or config.pretrained_model
-    unet, noise_scheduler = load_pretrained_ddpm(source)
-    # The base of the run: the config with main-ft's sampler and the pretrained model's own schedule.
-    base = replace(config, num_train_timesteps=noise_scheduler.config.num_train_timesteps, **FINETUNE_SAMPLER)
+    # The model's configs first (two small files): everything is checked before any weights load.
+    unet_config, scheduler_config = load_ddpm_configs(source)
+    check_pretrained_unet(unet_config, config, source)
+    # The base of the run: the config with main-ft's sampler and the pretrained model's own schedule
+    # and architecture (what trains, and what run_config.json records).
+    architecture = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+    base = replace(config, num_train_timesteps=scheduler_config["num_train_timesteps"], unet=architecture,
+                   **FINETUNE_SAMPLER)
     run = Run.resolve(args, "main_ft", args.config_name, base, pretrained_model=source,
                       estimate_beta=estimate_beta_from_images(args.data_dir, args.seed, args.classifier_weights))
-    check_pretrained_unet(unet, run.config, source)
+    unet, noise_scheduler = (None, None) if run.done else load_pretrained_ddpm(source)
     run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
-
 
 if __name__ == "__main__":
     main(parse_args())

@@ -55,11 +55,16 @@ def training_noise_scheduler(scheduler, source):
     """A DDPMScheduler on `scheduler`'s own schedule (betas, T, clipping): the class whose add_noise
     the training loop uses. The loss regresses the added noise, so only epsilon-prediction models fit."""
     from diffusers import DDPMScheduler
-    prediction = scheduler.config.get("prediction_type", "epsilon")
+    check_predicts_noise(scheduler.config, source)
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+def check_predicts_noise(scheduler_config, source):
+    """UsageError unless the model of `scheduler_config` predicts the noise, as the losses need."""
+    prediction = scheduler_config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
         raise UsageError(f"{source} predicts {prediction!r}, but the PU losses need a model that predicts the "
                          f"noise (prediction_type 'epsilon'), such as CompVis/stable-diffusion-v1-4")
-    return DDPMScheduler.from_config(scheduler.config)
 
 
 def load_pretrained_ddpm(source):
@@ -73,6 +78,27 @@ def load_pretrained_ddpm(source):
         raise UsageError(f"{source} is a {type(pipe).__name__} without a UNet2DModel and a scheduler; "
                          f"--pretrained_model must be a DDPM pipeline such as google/ddpm-cifar10-32")
     return unet, training_noise_scheduler(scheduler, source)
+
+
+def load_ddpm_configs(source):
+    """(UNet config, scheduler config) of a DDPM pipeline: two small JSON files, so that main-ft.py can
+    check the model's image size and settle the run before any weights load."""
+    from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
+    source = check_source(source, "--pretrained_model", DDPM_PARTS, PIPELINE_INDEX)
+    index = _load("the pretrained pipeline", source, lambda: DiffusionPipeline.load_config(source))
+    if (index.get("unet") or [None])[-1] != UNet2DModel.__name__:
+        raise UsageError(f"{source} is a {index.get('_class_name')} without a UNet2DModel; --pretrained_model must "
+                         f"be a DDPM pipeline such as google/ddpm-cifar10-32")
+
+    def read(cls, part):
+        try:
+            return cls.load_config(source, subfolder=part)
+        except OSError:   # older repos such as google/ddpm-* keep the part's config at the root
+            return cls.load_config(source)
+    unet = _load("the pretrained UNet's config", source, lambda: read(UNet2DModel, "unet"))
+    scheduler = _load("the pretrained scheduler's config", source, lambda: read(DDPMScheduler, "scheduler"))
+    check_predicts_noise(scheduler, source)
+    return unet, scheduler
 
 
 def load_stable_diffusion(source):

@@ -32,15 +32,21 @@ def run_main_ft(argv):
 
 def test_main_ft_finetunes_and_saves_a_ddim_pipeline(tmp_path, cifar, pretrained, capsys):
     from diffusers import DDIMPipeline, DDIMScheduler
-    out = tmp_path / "out"
-    run_main_ft(["--config_name", CONFIG, "--algorithm", "PU", "--pretrained_model", str(pretrained),
-                 "--data_dir", str(cifar), "--output_dir", str(out), *COUNTS, "--num_epochs", "1",
-                 "--batch_size", "4", "--num_inference_steps", "2", "--num_eval_samples", "0"])
+    out, source = tmp_path / "out", shutil.copytree(pretrained, tmp_path / "ddpm")
+    argv = ["--config_name", CONFIG, "--algorithm", "PU", "--pretrained_model", str(source), "--data_dir", str(cifar),
+            "--output_dir", str(out), *COUNTS, "--num_epochs", "1", "--batch_size", "4", "--num_inference_steps", "2",
+            "--num_eval_samples", "0", "--resume_from_checkpoint", "latest"]
+    run_main_ft(argv)
     assert "epoch 1/1 " in capsys.readouterr().out
+    # Re-run once finished (a sweep script's second pass): settled from the model's configs alone,
+    # without loading its weights, which are gone here.
+    (source / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    run_main_ft(argv)
+    assert "nothing to train" in capsys.readouterr().out
     key = f"main_ft_{CONFIG}_PU_0.1_nUn8_nUs1_nS2_nT4_ep1_bs4_steps2_42"
     ckpt = out / "checkpoints" / key
 
-    before = load_file(pretrained / "unet" / "diffusion_pytorch_model.safetensors")
+    before = load_file(pretrained / "unet" / "diffusion_pytorch_model.safetensors")   # the copy's original
     after = load_file(ckpt / "unet" / "diffusion_pytorch_model.safetensors")
     assert before.keys() == after.keys()
     assert not all(torch.equal(before[k], after[k]) for k in before)    # the UNet trained
@@ -55,8 +61,11 @@ def test_main_ft_finetunes_and_saves_a_ddim_pipeline(tmp_path, cifar, pretrained
     assert sample.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and np.isfinite(sample).all()
 
     record = json.loads((ckpt / "run_config.json").read_text())
-    assert record["script"] == "main_ft" and record["config"]["pretrained_model"] == str(pretrained)
+    assert record["script"] == "main_ft" and record["config"]["pretrained_model"] == str(source)
     assert (record["config"]["sampler"], record["config"]["num_inference_steps"]) == ("ddim", 2)
+    # The architecture recorded is the pretrained UNet's, not the from-scratch configs' paper UNet.
+    architecture = json.loads((pretrained / "unet" / "config.json").read_text())
+    assert record["config"]["unet"] == {k: v for k, v in architecture.items() if not k.startswith("_")}
     assert record["split"] == dict(n_u_normal=8, n_u_sensitive=1, n_s=2, n_test=4)
     with Image.open(out / "outputs" / "images" / f"{key}.png") as grid:
         assert grid.size == (8 * IMAGE_SIZE + 9 * 2,) * 2     # 8 x 8 with torchvision's 2 px padding
@@ -103,3 +112,18 @@ def test_bad_pretrained_model_exits_2_and_writes_nothing(tmp_path, cifar, pretra
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pretrained_configs_are_read_from_the_part_folders_or_the_root(pretrained, tmp_path):
+    """main-ft.py settles a run from the model's two config files: in unet/ and scheduler/ (save_pretrained)
+    or at the root, where older hub repos such as google/ddpm-* keep them."""
+    from models.pretrained import load_ddpm_configs
+    root = tmp_path / "root_layout"
+    root.mkdir()
+    for part in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
+        shutil.copy(pretrained / part, root)
+    schedule = json.loads((pretrained / "scheduler" / "scheduler_config.json").read_text())
+    for source in (pretrained, root):
+        unet, scheduler = load_ddpm_configs(str(source))
+        assert unet["sample_size"] == IMAGE_SIZE and unet["in_channels"] == 3
+        assert scheduler["num_train_timesteps"] == schedule["num_train_timesteps"]
