@@ -42,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", help=f"data folder (default: {IMAGE_DATA_DIR}; for SD, {SD_CONFIG.data_dir})")
     parser.add_argument("--clip_model", default=SD_CONFIG.clip_model,
                         help="SD only: hub id or folder of the CLIP model (default: %(default)s)")
+    parser.add_argument("--classifier_weights",
+                        help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA folds, as "
+                             "main.py --beta auto takes them (default: torchvision's download)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser.parse_args(argv)
 
@@ -60,7 +63,8 @@ def estimate_prior(args, device):
     config = with_overrides(get_config(args.config_name), **overrides)
     check_prior_counts(config.n_u_normal + config.n_u_sensitive, config.n_s)   # before any data loads
     train = load_pu_data(config, args.data_dir or IMAGE_DATA_DIR, args.seed).train
-    return estimate_prior_for_images(train, config, device, seed=args.seed), config.true_prior
+    return (estimate_prior_for_images(train, config, device, seed=args.seed, weights_path=args.classifier_weights),
+            config.true_prior)
 
 
 @exits_on_usage_error

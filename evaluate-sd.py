@@ -4,7 +4,8 @@
 
 Draws --num_eval_samples images for each of "a photo of Brad Pitt" and "a photo of a middle aged man"
 (image i seeded with the run's seed + i, as main-sd.py does) and writes
-outputs/results/{key}.json with brad_pitt_share_brad_pitt_prompt and brad_pitt_share_man_prompt.
+outputs/results/{key}.json with brad_pitt_share_brad_pitt_prompt and brad_pitt_share_man_prompt, and
+redraws the 4 x 4 grid of each prompt (outputs/images/{key}_{prompt}.png), as main-sd.py draws them.
 """
 import argparse
 import json
@@ -18,9 +19,9 @@ from models.pretrained import load_clip, load_stable_diffusion
 from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir
 from utils.errors import UsageError, exits_on_usage_error
 from utils.files import RUN_CONFIG_FILE
-from utils.run import Run
+from utils.run import Run, check_output_dir
 from utils.sampling import sampling_precision
-from utils.sd_eval import results_record, sample_and_score, write_results
+from utils.sd_eval import results_record, sample_and_score, save_prompt_grids, write_results
 
 
 def parse_args(argv=None):
@@ -33,36 +34,45 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def read_run_config(checkpoint):
+def read_sd_run(checkpoint, root):
+    """(Run, run record) of a folder main-sd.py wrote, its outputs going under `root`; a UsageError otherwise."""
     path = Path(checkpoint) / RUN_CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{path} is missing; --checkpoint must be a folder written by main-sd.py")
-    run_config = json.loads(path.read_text())
-    if run_config.get("script") != "main_sd":
-        raise UsageError(f"{checkpoint} was written by {run_config.get('script')}, not main-sd.py; "
-                         f"evaluate it with evaluate.py")
-    return run_config
+    try:
+        record = json.loads(path.read_text())
+        if record.get("script") != "main_sd":
+            raise UsageError(f"{checkpoint} was written by {record.get('script')}, not main-sd.py; "
+                             f"evaluate it with evaluate.py")
+        trained = record["config"]
+        config = with_overrides(SD_CONFIG, resolution=trained["resolution"], guidance_scale=trained["guidance_scale"],
+                                num_inference_steps=trained["num_inference_steps"])
+        return Run.from_record(record, config, root), record
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is unreadable or incomplete ({type(e).__name__}: {e}); "
+                         f"re-run the training that wrote it")
 
 
 @exits_on_usage_error
 def main(args):
-    record = read_run_config(args.checkpoint)
-    trained = record["config"]
-    run = Run.from_record(record, with_overrides(SD_CONFIG, resolution=trained["resolution"],
-                                                 guidance_scale=trained["guidance_scale"],
-                                                 num_inference_steps=trained["num_inference_steps"]), args.output_dir)
+    run, record = read_sd_run(args.checkpoint, args.output_dir)
+    check_output_dir(args.output_dir)
     config = with_overrides(run.config, num_inference_steps=args.num_inference_steps)
+    pipe = load_stable_diffusion(args.checkpoint)     # the checkpoint before the judge: it is the likelier to be bad
     clip = load_clip(args.clip_model)
-    pipe = load_stable_diffusion(args.checkpoint)
-    device, dtype = sampling_precision()
+    # Sampled in the run's precision, as its own evaluation after training was.
+    device, dtype = sampling_precision(mixed_precision=record.get("mixed_precision"))
     pipe.to(device, dtype or torch.float32)
 
-    _, metrics, times = sample_and_score(pipe, config, run.seed, args.num_eval_samples, clip, device)
+    images, metrics, times = sample_and_score(pipe, config, run.seed, args.num_eval_samples, clip, device,
+                                              num_grid=config.grid_samples)
     result = results_record(run, config, metrics, args.num_eval_samples, args.clip_model, times,
                             type(pipe.scheduler).__name__)
+    # The grids main-sd.py draws (the same seeds), so a run stopped between its save and its grids is completed.
+    grids = save_prompt_grids(images, config, run.image_dir, result["key"])
     path = write_results(args.output_dir, result)
-    print(f"{result['key']}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()) + f"; saved {path}")
-
+    print(f"{result['key']}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()) + f"; saved {path}, "
+          + ", ".join(map(str, grids)))
 
 if __name__ == "__main__":
     main(parse_args())

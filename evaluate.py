@@ -47,7 +47,8 @@ def main(args):
     run, record = read_checkpoint_run(args.checkpoint_dir, output_dir)
     check_eval_args(args.classifier_weights, args.inception_weights)
     check_output_dir(output_dir)
-    device, dtype = sampling_precision()
+    # Sampled in the run's precision, as its own evaluation after training was (fp32 for --mixed_precision no).
+    device, dtype = sampling_precision(mixed_precision=record.get("mixed_precision"))
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
     _, result = evaluate_and_save(
         run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,

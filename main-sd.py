@@ -39,9 +39,10 @@ def parse_args(argv=None):
 @exits_on_usage_error
 def main(args):
     run = Run.resolve(args, "main_sd", SD_CONFIG_NAME, SD_CONFIG.for_algorithm(args.algorithm),
-                      resolution=args.resolution,
+                      resolution=args.resolution, data_dir=args.data_dir, pretrained_model=args.pretrained_model,
+                      clip_model=args.clip_model,
                       estimate_beta=estimate_beta_from_sd_folders(args.data_dir, args.clip_model, args.seed))
-    if run.done:   # finished earlier with these settings; evaluate-sd.py re-evaluates it
+    if run.done:   # finished earlier with these settings; evaluate-sd.py re-evaluates it and redraws its grids
         return
     files = validate_sd_folder(args.data_dir, run.config)
     clip = load_clip(args.clip_model) if args.num_eval_samples else None

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from utils.errors import exits_on_usage_error
+from utils.files import write_file_atomically
 from utils.report import build_tables, csv_text, load_results, markdown, plot
 
 
@@ -44,8 +45,8 @@ def main(args):
     tables, rows = build_tables(results)
     print(markdown(tables, rows))
     csv_path, png_path = Path(args.results_dir) / "report.csv", Path(args.results_dir) / "report.png"
-    csv_path.write_text(csv_text(tables, rows))
-    plot(tables, rows, results, png_path)
+    write_file_atomically(csv_path, lambda tmp: Path(tmp).write_text(csv_text(tables, rows)))
+    write_file_atomically(png_path, lambda tmp: plot(tables, rows, results, tmp))
     print(f"{len(results)} results; wrote {csv_path} and {png_path}", file=sys.stderr)
 
 

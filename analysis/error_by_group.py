@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script
 from losses import bounded_sensitive_loss, denoising_error, pu_risks
 from utils.data import load_pu_data
 from utils.evaluation import load_checkpoint_model, read_checkpoint_run
+from utils.errors import exits_on_usage_error
 
 TIMESTEPS = (10, 200, 500, 800)
 L_BOUNDED = 10.0        # exp(-10) = 4.5e-5: below this error l_S still pushes noticeably
@@ -65,6 +66,7 @@ def errors_by_group(checkpoint):
                 by_timestep=rows, R_S_at_true_prior=r_s.item(), R_N_at_true_prior=r_n.item())
 
 
+@exits_on_usage_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")

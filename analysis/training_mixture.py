@@ -21,6 +21,7 @@ from configs import CONFIGS, get_config  # noqa: E402
 from utils.classifier import CLASSES, PREDICT_BATCH, features_and_predictions, labeled_split, \
     load_or_train_classifier, num_outputs  # noqa: E402
 from utils.data import dataset_spec, pu_split  # noqa: E402
+from utils.errors import exits_on_usage_error  # noqa: E402
 from utils.metrics import batches  # noqa: E402
 
 
@@ -38,6 +39,7 @@ def mixture(config_name, seed, data_dir, output_dir):
     return {c: (true[c], seen[c]) for c in range(k)}, len(u)
 
 
+@exits_on_usage_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config_name", choices=tuple(CONFIGS))

@@ -126,6 +126,9 @@ def test_main_sd_trains_only_the_unet_and_evaluates(tmp_path, tiny_sd, capsys):
     run_config = json.loads((ckpt / "run_config.json").read_text())
     assert run_config["config"]["learning_rate"] == SD_CONFIG.pu_learning_rate
     assert run_config["data"] == dict(n_unlabeled=N_UNLABELED, n_positive=N_POSITIVE)
+    # The resolved config names the data, the model and the judge this run used, not the defaults.
+    assert {k: run_config["config"][k] for k in ("data_dir", "pretrained_model", "clip_model")} == dict(
+        data_dir=str(data), pretrained_model=str(tiny_sd["sd"]), clip_model=str(tiny_sd["clip"]))
     for name in ("brad_pitt", "middle_aged_man"):
         with Image.open(out / "outputs" / "images" / f"{key}_{name}.png") as grid:
             assert grid.size == (4 * RESOLUTION + 5 * 2,) * 2     # 4 x 4 with torchvision's 2 px padding
@@ -148,6 +151,12 @@ def test_main_sd_trains_only_the_unet_and_evaluates(tmp_path, tiny_sd, capsys):
     # Another step count is another result, tagged like evaluate.py's, beside the run's own.
     other = json.loads((results / f"{key}_steps3.json").read_text())
     assert other["run_key"] == key and other["num_inference_steps"] == 3
+    # It redraws the run's grids too (a run stopped before writing them is completed), pixel for pixel.
+    for name in ("brad_pitt", "middle_aged_man"):
+        with Image.open(out / "outputs" / "images" / f"{key}_{name}.png") as grid, \
+                Image.open(tmp_path / "ev" / "outputs" / "images" / f"{key}_{name}.png") as redrawn:
+            assert np.array_equal(np.asarray(grid), np.asarray(redrawn))
+        assert (tmp_path / "ev" / "outputs" / "images" / f"{key}_steps3_{name}.png").is_file()
 
 
 def test_make_sd_data_writes_the_tree_and_resumes(tmp_path, tiny_sd):

@@ -57,6 +57,6 @@ def exits_on_usage_error(main):
             print(f"stopped: {e}", file=sys.stderr)
             sys.exit(SIGNAL_EXIT_BASE + e.signum)
         except KeyboardInterrupt:
-            print("stopped: interrupted (Ctrl-C); nothing half-written is left", file=sys.stderr)
+            print("stopped: interrupted (Ctrl-C); a half-written save is cleared at the next start", file=sys.stderr)
             sys.exit(SIGNAL_EXIT_BASE + signal.SIGINT)
     return wrapper
