@@ -12,6 +12,7 @@ accelerate's clip_grad_norm_ (where DDP has averaged the gradients), and saves w
 process. One launch serves every test here; the workers run on the CPU (CUDA_VISIBLE_DEVICES=""), and
 torchrun and its workers are killed if the launch overruns its time.
 """
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).resolve().parent / "multiprocess_probe.py"
-KEY = "main_Digits_even_PU_0.1_nUn200_nUs28_nS28_ep1_steps2_0"
+KEY = "main_Digits_even_PU_auto_nUn200_nUs28_nS28_ep1_steps2_0"
 PROCESSES = 2
 IMAGES = 256
 STEPS = 4            # 256 images in batches of 32 are 8 batches an epoch: 4 for each process
@@ -34,7 +35,7 @@ STEPS = 4            # 256 images in batches of 32 are 8 batches an epoch: 4 for
 # completes that batch with images from the start of the epoch, which two processes then share.
 ARGS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "28", "--n_s", "28",
         "--num_epochs", "1", "--batch_size", "32", "--num_inference_steps", "2", "--num_eval_samples", "0",
-        "--seed", "0", "--checkpointing_steps", "2"]
+        "--seed", "0", "--checkpointing_steps", "2", "--beta", "auto"]
 TIMEOUT_S = 180      # the launch takes about 30 s on 2 busy cores
 
 
@@ -92,6 +93,8 @@ def test_only_the_main_process_writes(launch):
     assert f"training: {STEPS} steps of 32 images per epoch on each of {PROCESSES} processes" in lines
     assert sum(line.startswith("epoch 1/1 ") for line in lines) == 1
     assert sum(line.startswith("saved ") for line in lines) == 1
+    # --beta auto: every process estimates, all train with process 0's beta, which is said once.
+    assert sum(line.startswith("beta auto: ") for line in lines) == 1
 
     assert (tmp_path / "checkpoints" / KEY / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert [p.name for p in (tmp_path / "outputs" / "images").iterdir()] == [f"{KEY}.png"]
@@ -105,6 +108,8 @@ def test_only_the_main_process_writes(launch):
         names = {p.name for p in state.iterdir()}
         assert {f"random_states_{i}.pkl" for i in range(PROCESSES)} <= names
         assert {"model.safetensors", "optimizer.bin", TRAINING_STATE_FILE} <= names
+        record = json.loads((tmp_path / "checkpoints" / KEY / "run_config.json").read_text())
+        assert json.loads((state / TRAINING_STATE_FILE).read_text())["auto_beta"]["beta"] == record["beta"]
 
 
 def test_each_process_trains_on_its_own_shard(launch):
