@@ -31,6 +31,8 @@ def test_beta_auto_is_estimated_recorded_and_keyed(tmp_path, capsys):
     assert upper >= TRUE_PRIOR
     result = json.loads((tmp_path / "outputs" / "results" / f"{KEY}.json").read_text())
     assert result["beta"] == record["beta"] and result["beta_estimate"] == estimate
+    # The training time is the loop's, the same in both files: the evaluation after it is not training.
+    assert result["times"]["train_s"] == record["train_seconds"] > 0
     # Re-run: finished, nothing re-estimated, the recorded beta kept.
     main.main(main.parse_args(argv))
     again = capsys.readouterr().out

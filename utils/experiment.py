@@ -19,10 +19,13 @@ from utils.training import train
 
 
 def train_run(run, model, noise_scheduler, dataset, **loop_options):
-    """Seed and train `model` with the run's spec, logging to the run's TensorBoard folder."""
+    """Seed and train `model` with the run's spec, logging to the run's TensorBoard folder; the run's
+    training time is fixed when the loop ends, so the grid and evaluation after it do not count."""
     seed_everything(run.seed)
-    return train(run.accelerator, model, noise_scheduler, dataset, run.training_spec, log_dir=run.log_dir,
-                 checkpointing=run.checkpointing, **loop_options)
+    model = train(run.accelerator, model, noise_scheduler, dataset, run.training_spec, log_dir=run.log_dir,
+                  checkpointing=run.checkpointing, **loop_options)
+    run.finish_training()
+    return model
 
 
 def estimate_beta_from_images(data_dir, seed, classifier_weights=None):

@@ -4,8 +4,8 @@ Every entry script hands its command line and its base config (the registry entr
 script itself decides, such as main-ft.py's sampler and the pretrained model's schedule) to
 `Run.resolve`. That is the only place where overrides are applied, beta is settled, the key is
 formed and everything is validated; it writes nothing. The rest of the code (the loop, saving,
-evaluation) reads the `Run` and never changes it. `Run.from_record` rebuilds the same object from
-a checkpoint's run_config.json for evaluation.
+evaluation) reads the `Run` and never changes it, except to fix its training time when the loop
+ends. `Run.from_record` rebuilds the same object from a checkpoint's run_config.json for evaluation.
 """
 import glob
 import json
@@ -83,7 +83,7 @@ class Run:
     accelerator: object = None
     checkpointing: Checkpointing = None
     started: float = field(default_factory=time.time)
-    train_seconds: float = None      # a finished run's training time, from its record
+    train_seconds: float = None      # a finished run's training time (its record's, or fixed by finish_training)
     beta_auto: bool = False          # --beta auto: beta was estimated from U and S (the key says auto)
     beta_estimate: dict = None       # the estimate, its interval and method (utils.prior.PriorEstimate)
     done: bool = False               # finished earlier with these settings: nothing to train
@@ -248,6 +248,10 @@ class Run:
             return self.train_seconds
         earlier = self.checkpointing.resumed_seconds if self.checkpointing else 0.0
         return round(earlier + time.time() - self.started, 1)
+
+    def finish_training(self):
+        """Fix the training time where the loop ended: results written after it (grid, evaluation) report it."""
+        self.train_seconds = self.elapsed()
 
     def to_record(self, **extra):
         """The resolved run as the JSON-ready dict saved as run_config.json beside the checkpoint."""
