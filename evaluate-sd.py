@@ -74,5 +74,6 @@ def main(args):
     print(f"{result['key']}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()) + f"; saved {path}, "
           + ", ".join(map(str, grids)))
 
+
 if __name__ == "__main__":
     main(parse_args())

@@ -56,5 +56,6 @@ def main(args):
     unet, noise_scheduler = (None, None) if run.done else load_pretrained_ddpm(source)
     run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
 
+
 if __name__ == "__main__":
     main(parse_args())

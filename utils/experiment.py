@@ -13,8 +13,8 @@ from utils.data import load_pu_data
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model
 from utils.files import RESULTS_DIR, write_file_atomically
 from utils.run import save_pipeline
-from utils.seeding import seed_everything
 from utils.sampling import GRID_SAMPLES, generate, sampling_precision, save_grid
+from utils.seeding import seed_everything
 from utils.training import train
 
 

@@ -21,7 +21,7 @@ from accelerate.utils import broadcast_object_list
 from configs import AUTO_BETA, DEFAULT_BETA, with_overrides
 from configs.sd import SD_CONFIG_NAME
 from losses import DEFAULT_CORRECTION, get_algorithm
-from utils.checkpointing import LATEST, FREE_FIELDS, Checkpointing
+from utils.checkpointing import FREE_FIELDS, LATEST, Checkpointing
 from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES
 from utils.errors import UsageError
 from utils.files import RESULTS_DIR, RUN_CONFIG_FILE, save_folder_atomically
