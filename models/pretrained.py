@@ -68,16 +68,12 @@ def check_predicts_noise(scheduler_config, source):
 
 
 def load_pretrained_ddpm(source):
-    """(UNet2DModel, DDPMScheduler) from a DDPM pipeline, the scheduler keeping the pretrained schedule."""
-    from diffusers import DiffusionPipeline, UNet2DModel
+    """(UNet2DModel, DDPMScheduler) of a DDPM pipeline whose configs load_ddpm_configs has checked (its
+    type and noise prediction), the scheduler keeping the pretrained schedule."""
+    from diffusers import DDPMScheduler, DiffusionPipeline
     source = check_source(source, "--pretrained_model", DDPM_PARTS, PIPELINE_INDEX)
     pipe = _load("the pretrained pipeline", source, lambda: DiffusionPipeline.from_pretrained(source))
-    unet = getattr(pipe, "unet", None)
-    scheduler = getattr(pipe, "scheduler", None)
-    if not isinstance(unet, UNet2DModel) or scheduler is None:
-        raise UsageError(f"{source} is a {type(pipe).__name__} without a UNet2DModel and a scheduler; "
-                         f"--pretrained_model must be a DDPM pipeline such as google/ddpm-cifar10-32")
-    return unet, training_noise_scheduler(scheduler, source)
+    return pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
 def load_ddpm_configs(source):
@@ -91,9 +87,11 @@ def load_ddpm_configs(source):
                          f"be a DDPM pipeline such as google/ddpm-cifar10-32")
 
     def read(cls, part):
+        # Older hub repos such as google/ddpm-* keep a part's config at the root; diffusers looks there
+        # itself for a local folder, not for a hub id.
         try:
             return cls.load_config(source, subfolder=part)
-        except OSError:   # older repos such as google/ddpm-* keep the part's config at the root
+        except OSError:
             return cls.load_config(source)
     unet = _load("the pretrained UNet's config", source, lambda: read(UNet2DModel, "unet"))
     scheduler = _load("the pretrained scheduler's config", source, lambda: read(DDPMScheduler, "scheduler"))

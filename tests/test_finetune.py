@@ -116,7 +116,8 @@ def test_bad_pretrained_model_exits_2_and_writes_nothing(tmp_path, cifar, pretra
 
 def test_pretrained_configs_are_read_from_the_part_folders_or_the_root(pretrained, tmp_path):
     """main-ft.py settles a run from the model's two config files: in unet/ and scheduler/ (save_pretrained)
-    or at the root, where older hub repos such as google/ddpm-* keep them."""
+    or at the root, as older hub repos such as google/ddpm-* keep them (here as local folders; the hub id's
+    fallback to the root cannot be exercised offline)."""
     from models.pretrained import load_ddpm_configs
     root = tmp_path / "root_layout"
     root.mkdir()
