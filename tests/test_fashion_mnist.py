@@ -1,5 +1,6 @@
 """Fashion-MNIST: its configs split tiny idx fixtures correctly, read from a folder of .gz files offline."""
 import gzip
+import multiprocessing
 import shutil
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from configs import get_config, with_overrides
 from fixtures import write_mnist
-from utils.data import load_dataset, load_pu_data
+from utils.data import gunzip_placed, load_dataset, load_pu_data
 
 PER_CLASS, TEST_PER_CLASS = 10, 4
 COUNTS = dict(n_u_normal=30, n_u_sensitive=5, n_s=5, n_test=6)
@@ -60,3 +61,29 @@ def test_cpu_companions_keep_the_data_and_proportions(paper, cpu):
     assert cpu.n_u_normal == 10 * cpu.n_u_sensitive == 10 * cpu.n_s        # the paper's 10 : 1 : 1
     assert cpu.true_prior == paper.true_prior
     assert cpu.classifier_size == cpu.image_size                            # judged at the size it draws
+
+
+def gunzip_when_released(barrier, raw):
+    barrier.wait()
+    gunzip_placed(raw)
+
+
+def test_runs_started_together_decompress_the_placed_files_without_colliding(tmp_path):
+    """A parallel seed sweep on a fresh folder: every process decompresses the same .gz files at once."""
+    processes = 4
+    write_mnist(tmp_path, per_class=1_000, test_per_class=4)      # an 8 MB image file: long enough to overlap
+    raw = tmp_path / "MNIST" / "raw"
+    originals = {path.name: path.read_bytes() for path in raw.iterdir()}
+    for name, data in originals.items():
+        (raw / name).unlink()
+        (raw / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=1))
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes)
+    workers = [context.Process(target=gunzip_when_released, args=(barrier, str(raw))) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [worker.exitcode for worker in workers] == [0] * processes
+    assert {name: (raw / name).read_bytes() for name in originals} == originals
+    assert sorted(path.name for path in raw.iterdir()) == sorted([*originals, *(f"{n}.gz" for n in originals)])

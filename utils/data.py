@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from configs import CONFIGS
 from utils.errors import UsageError, first_line
+from utils.files import write_file_atomically
 
 CELEBA_MALE_ATTR = 20       # index of "Male" among CelebA's 40 attributes
 DIGITS_TRAIN_SIZE = 1500    # scikit-learn's digits: the first 1500 images are the train split
@@ -60,16 +62,21 @@ def gunzip_placed(raw_folder):
 
     torchvision reads the decompressed idx files and only decompresses its own downloads, whose md5
     it knows; copies placed by hand (Debian's dataset-fashion-mnist package recompresses them, so
-    their md5 differs) are decompressed here, written aside and renamed.
+    their md5 differs) are decompressed here, written aside under a per-process name and renamed:
+    runs started together on a fresh folder (a seed sweep in parallel) each write their own copy,
+    and whichever rename lands last replaces an identical file.
     """
     if not os.path.isdir(raw_folder):
         return
     for name in os.listdir(raw_folder):
         target = os.path.join(raw_folder, name[:-len(".gz")])
         if name.endswith(".gz") and not os.path.exists(target):
-            with gzip.open(os.path.join(raw_folder, name), "rb") as src, open(target + ".tmp", "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(target + ".tmp", target)
+            write_file_atomically(target, partial(gunzip, os.path.join(raw_folder, name)))
+
+
+def gunzip(source, target):
+    with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 class MNIST(tvd.MNIST):
