@@ -2,10 +2,14 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from tiny_models import load_script
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints, read_training_state
+from utils.errors import UsageError
+from utils.prior import best_bin_estimate
+from utils.run import trainable_beta
 
 TINY = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20", "--n_s", "20",
         "--num_epochs", "1", "--num_inference_steps", "2", "--num_eval_samples", "8", "--seed", "0"]
@@ -70,3 +74,13 @@ def test_a_resumed_beta_auto_run_trains_on_with_the_beta_it_began_with(tmp_path,
     assert "beta auto: 0.1234, estimated when the run began" in out and "interval" not in out
     resumed = json.loads((checkpoint / "run_config.json").read_text())
     assert resumed["beta"] == 0.1234 and resumed["beta_estimate"]["estimate"] == 0.1234
+
+
+def test_an_estimate_of_one_is_refused_as_a_typed_beta_of_one_is():
+    # Scores that rank U above S: every bin has q_U >= q_S, and q_U / q_S clips to 1.
+    estimate = best_bin_estimate(scores_u=np.linspace(0.5, 1.0, 200), scores_s=np.linspace(0.0, 0.5, 40))
+    assert estimate.beta == 1.0
+    with pytest.raises(UsageError, match=r"estimated beta = 1\.0000.*pass --beta"):
+        trainable_beta(estimate)
+    assert trainable_beta(best_bin_estimate(scores_u=np.linspace(0.0, 1.0, 200),
+                                            scores_s=np.linspace(0.9, 1.0, 40))) < 1.0

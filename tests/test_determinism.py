@@ -17,7 +17,16 @@ ARGS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive"
 def test_pu_split_depends_only_on_the_seed():
     config = get_config("Digits_even")
     _, targets = load_dataset(config, None, train=True)
-    first, again, other = pu_split(targets, config, 0), pu_split(targets, config, 0), pu_split(targets, config, 1)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1]
+    first = pu_split(targets, config, 0)
+    # The split leaves the global generators as they were: seeding stays seed_everything's job.
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert np.array_equal(numpy_state, np.random.get_state()[1])
+    torch.manual_seed(2)                   # the global generators differ, the split does not: it has its own
+    np.random.seed(2)
+    again, other = pu_split(targets, config, 0), pu_split(targets, config, 1)
     assert np.array_equal(first.indices, again.indices) and np.array_equal(first.labels, again.labels)
     assert not np.array_equal(first.indices, other.indices)
 

@@ -9,6 +9,7 @@ import pytest
 from configs import get_config, with_overrides
 from fixtures import write_mnist
 from utils.data import gunzip_placed, load_dataset, load_pu_data
+from utils.errors import UsageError
 
 PER_CLASS, TEST_PER_CLASS = 10, 4
 COUNTS = dict(n_u_normal=30, n_u_sensitive=5, n_s=5, n_test=6)
@@ -87,3 +88,16 @@ def test_runs_started_together_decompress_the_placed_files_without_colliding(tmp
     assert [worker.exitcode for worker in workers] == [0] * processes
     assert {name: (raw / name).read_bytes() for name in originals} == originals
     assert sorted(path.name for path in raw.iterdir()) == sorted([*originals, *(f"{n}.gz" for n in originals)])
+
+
+@pytest.mark.parametrize("damage", [lambda data: b"garbage" + data, lambda data: data[:len(data) // 2]],
+                         ids=["not gzip", "cut short"])
+def test_a_damaged_placed_gz_file_is_called_damaged_not_missing(damage, gz_folder, tmp_path, offline):
+    root = tmp_path / "data"
+    shutil.copytree(gz_folder, root)
+    images = root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(UsageError, match="are damaged") as refused:
+        load_dataset(get_config("FashionMNIST_clothes_cpu"), str(root), train=True)
+    assert "not in" not in str(refused.value)
+    assert not (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()   # nothing half-written

@@ -71,11 +71,14 @@ def test_main_ft_finetunes_and_saves_a_ddim_pipeline(tmp_path, cifar, pretrained
         assert grid.size == (8 * IMAGE_SIZE + 9 * 2,) * 2     # 8 x 8 with torchvision's 2 px padding
 
 
-def test_fine_tuning_samples_with_ddim_in_50_steps_by_default():
-    from configs import FINETUNE_SAMPLER
-    script = load_script("main-ft.py")
-    args = script.parse_args(["--config_name", "CelebA_female"])
-    assert args.pretrained_model is None and FINETUNE_SAMPLER == dict(sampler="ddim", num_inference_steps=50)
+def test_fine_tuning_samples_with_ddim_in_50_steps_by_default(tmp_path, cifar, pretrained):
+    """The paper's sampler for fine-tuned models, whatever the from-scratch config says (DDPM 1000)."""
+    out = tmp_path / "out"
+    run_main_ft(["--config_name", CONFIG, "--pretrained_model", str(pretrained), "--data_dir", str(cifar),
+                 "--output_dir", str(out), *COUNTS, "--num_epochs", "1", "--batch_size", "4", "--num_eval_samples", "0"])
+    record = json.loads((out / "checkpoints" / f"main_ft_{CONFIG}_PU_0.1_nUn8_nUs1_nS2_nT4_ep1_bs4_42" /
+                         "run_config.json").read_text())
+    assert (record["config"]["sampler"], record["config"]["num_inference_steps"]) == ("ddim", 50)
 
 
 def test_unsupported_config_lists_the_supported_ones(capsys):

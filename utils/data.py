@@ -232,6 +232,10 @@ def load_dataset(config, data_dir, train, transform=None):
     name, spec = config.dataset, dataset_spec(config.dataset)
     try:
         return spec.load(data_dir, train, transform, config.image_size)
+    except gzip.BadGzipFile as e:
+        # An OSError, but the file is there: a placed .gz that is not gzip (utils.data.gunzip_placed).
+        raise UsageError(f"{name} files in {data_dir!s} are damaged ({e}); replace the .gz files with intact "
+                         f"copies as datasets/README.md shows")
     except (RuntimeError, OSError, ImportError) as e:
         raise UsageError(f"{name} is not in {data_dir!s} and could not be downloaded ({first_line(e)}); "
                          f"put the files there as datasets/README.md shows, or run once with network access")

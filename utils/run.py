@@ -66,6 +66,16 @@ def check_output_dir(root):
         raise UsageError(f"cannot write to {probe}; choose a writable --output_dir")
 
 
+def trainable_beta(estimate):
+    """The estimated prior of --beta auto, refused (UsageError) where a typed --beta would be: at 1
+    the normal-data risk R_N estimates (1 - beta) E_N[L] = 0, and the model would learn nothing of U."""
+    if not 0.0 <= estimate.beta < 1.0:
+        note = f" ({estimate.warning})" if estimate.warning else ""
+        raise UsageError(f"--beta auto estimated beta = {estimate.beta:.4f}: U looks entirely sensitive to the "
+                         f"classifier{note}; check S and U, or pass --beta with a value in [0, 1), e.g. 0.1")
+    return estimate.beta
+
+
 @dataclass
 class Run:
     """One training run's resolved settings and output paths; creating it writes nothing."""
@@ -209,7 +219,7 @@ class Run:
             message = f"beta auto: {self.beta:.4f}, estimated when the run began ({self.checkpointing.resume})"
         else:
             estimate = broadcast_object_list([estimate_beta(self.config, self.accelerator)])[0]
-            self.beta, self.beta_estimate = estimate.beta, estimate.to_record()
+            self.beta, self.beta_estimate = trainable_beta(estimate), estimate.to_record()
             note = f"; warning: {estimate.warning}" if estimate.warning else ""
             message = (f"beta auto: {estimate.beta:.4f}, {1 - estimate.delta:.0%} interval [{estimate.lower:.4f}, "
                        f"{estimate.upper:.4f}] ({estimate.method}, |U| = {estimate.n_u}, |S| = {estimate.n_s}){note}")
