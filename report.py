@@ -2,14 +2,16 @@
 
     python report.py outputs/results > table.md
 
-Reads every RESULTS_DIR/*.json (evaluate.py, main.py and evaluate-sd.py write them) and prints one
-table per metric: rows are algorithms (with beta where an algorithm ran with several), columns are
+Reads every RESULTS_DIR/*.json (main.py, main-ft.py, main-sd.py, evaluate.py and evaluate-sd.py write
+them) and prints one table per metric: rows are algorithms (with beta where an algorithm ran with
+several, and the key's tags, e.g. nS30, where runs differ in them), columns are
 configs, cells are the mean +- sample standard deviation over seeds with the count, e.g.
 `0.912 ± 0.004 (n=3)`; "—" marks a cell with no result. The rate table's headers carry the
 sensitivity classifier's held-out accuracy. The FID table uses `fid`; a column where some run has
 no FID (Inception weights unavailable) shows `fd_classifier` instead and says so in its header.
 Writes RESULTS_DIR/report.csv (one line per cell) and RESULTS_DIR/report.png (the non-sensitive
-rate and FID per algorithm, and the rate against beta when several betas are present).
+rate and FID per algorithm; the rate against beta, or against |S|, when several are present, with
+Unsupervised and Supervised as reference lines).
 
 Result JSON schema (fields report.py reads; others are kept for the record):
     {"key": str, "script": "main" | "main_ft" | "main_sd" | ...,   # one file per evaluated run

@@ -7,7 +7,8 @@ per-sample error L (DESIGN section 2, summed over elements) at fixed timesteps w
 U-normal, U-sensitive and S images. Prints, per group and timestep, the mean L, the share of
 samples with L < L_BOUNDED, and the mean slope |dl_S/dL| of the bounded term: how hard l_S pushes a
 sample's error up, against a slope of 1 for the L term of a U sample (l_S is flat, its slope near
-exp(-L), once L is large). Also the batch-level PU risks R_S, R_N over the whole training set. A
+exp(-L), once L is large). With --json, also the PU risks R_S, R_N over the whole training set at the
+config's true prior. A
 model that learned to avoid sensitive images shows a higher L on S and U-sensitive than on U-normal.
 """
 import argparse

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="default: fp16 on CUDA, no on CPU")
-    speed = p.add_argument_group("the scripts' speed options (utils.run), for both paths")
+    speed = p.add_argument_group("the scripts' speed options (utils.cli), for both paths")
     speed.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True)
     speed.add_argument("--channels_last", action="store_true")
     speed.add_argument("--compile", action="store_true")

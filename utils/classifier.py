@@ -9,8 +9,8 @@
   judged in features trained to separate normal from sensitive.
 
 Both are trained at `config.classifier_size` and cached with their held-out accuracy on the test
-split (all classes) under `checkpoints/classifiers/`. MNIST and the
-digits get a small CNN trained from scratch; CIFAR10, STL10 and CelebA a torchvision ResNet-18
+split (all classes) under `checkpoints/classifiers/`. MNIST, Fashion-MNIST and
+the digits get a small CNN trained from scratch; CIFAR10, STL10 and CelebA a torchvision ResNet-18
 fine-tuned from ImageNet weights with random horizontal flips (each dataset's recipe: utils.data.DATASETS). Every classifier takes images in
 [0, 1] at any size and resizes them itself, so generated samples and dataset images take one path.
 """
