@@ -12,7 +12,6 @@ config's true prior. A
 model that learned to avoid sensitive images shows a higher L on S and U-sensitive than on U-normal.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from losses import bounded_sensitive_loss, denoising_error, pu_risks
 from utils.data import load_pu_data
 from utils.evaluation import load_checkpoint_model, read_checkpoint_run
 from utils.errors import exits_on_usage_error
+from utils.files import write_json_atomically
 
 TIMESTEPS = (10, 200, 500, 800)
 L_BOUNDED = 10.0        # exp(-10) = 4.5e-5: below this error l_S still pushes noticeably
@@ -67,12 +67,15 @@ def errors_by_group(checkpoint):
                 by_timestep=rows, R_S_at_true_prior=r_s.item(), R_N_at_true_prior=r_n.item())
 
 
-@exits_on_usage_error
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("checkpoints", nargs="+", help="run folders (checkpoints/{key}) of finished runs")
     parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+@exits_on_usage_error
+def main(args):
     results = [errors_by_group(c) for c in args.checkpoints]
     for r in results:
         print(f"\n{r['checkpoint']} ({r['algorithm']}, beta {r['beta']}, seed {r['seed']})")
@@ -83,9 +86,8 @@ def main():
             print(f"| {t} | " + " | ".join(f"{v['mean_L']:.1f} ({v['share_bounded']:.2f}; {v['mean_slope_lS']:.2g})"
                                            for v in groups.values()) + " |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json_atomically(args.json, results)
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script
 from configs import CONFIGS, get_config  # noqa: E402
 from utils.classifier import CLASSES, PREDICT_BATCH, features_and_predictions, labeled_split, \
     load_or_train_classifier, num_outputs  # noqa: E402
+from utils.cli import seed_value  # noqa: E402
 from utils.data import dataset_spec, pu_split  # noqa: E402
 from utils.errors import exits_on_usage_error  # noqa: E402
 from utils.metrics import batches  # noqa: E402
@@ -39,14 +40,17 @@ def mixture(config_name, seed, data_dir, output_dir):
     return {c: (true[c], seen[c]) for c in range(k)}, len(u)
 
 
-@exits_on_usage_error
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config_name", choices=tuple(CONFIGS))
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (it draws the split)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="the run's seed (it draws the split)")
     parser.add_argument("--data_dir", default="datasets")
     parser.add_argument("--output_dir", default=".", help="root holding checkpoints/classifiers/")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+@exits_on_usage_error
+def main(args):
     config = get_config(args.config_name)
     shares, n_u = mixture(args.config_name, args.seed, args.data_dir, args.output_dir)
     names = dataset_spec(config.dataset).class_names
@@ -60,4 +64,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -174,13 +174,17 @@ def test_training_mixture_gives_the_true_shares_of_U_and_the_class_classifiers(t
     assert max(abs(t - s) for t, s in shares.values()) < 0.05
 
 
-def test_error_by_group_diagnoses_a_finished_run(finished_run):
+def test_error_by_group_diagnoses_a_finished_run(finished_run, tmp_path, capsys):
     """analysis/error_by_group.py rebuilds the run's split and reports finite errors per group."""
     diagnosis = load_diagnosis()
     out, _ = finished_run
-    result = diagnosis.errors_by_group(out / "checkpoints" / KEY)
+    diagnosis.main(diagnosis.parse_args([str(out / "checkpoints" / KEY), "--json", str(tmp_path / "errors.json")]))
+    printed = capsys.readouterr().out
+    (result,) = json.loads((tmp_path / "errors.json").read_text())
+    assert f"{KEY} (PU, beta 0.1, seed 42)" in printed
+    assert f"| {diagnosis.TIMESTEPS[0]} | " in printed and math.isfinite(result["R_N_at_true_prior"])
     assert result["algorithm"] == "PU" and result["seed"] == 42
-    assert list(result["by_timestep"]) == list(diagnosis.TIMESTEPS)
+    assert list(result["by_timestep"]) == [str(t) for t in diagnosis.TIMESTEPS]      # JSON keys are text
     for groups in result["by_timestep"].values():
         assert set(groups) == {"S", "U_sensitive", "U_normal"}
         for g in groups.values():
