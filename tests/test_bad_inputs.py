@@ -283,7 +283,7 @@ def test_sd_data_dir_that_is_a_file(sd_pipeline, tmp_path, capsys):
 def test_evaluating_a_training_state(finished, tmp_path, capsys):
     state = finished / "checkpoints" / f"{KEY}.state" / "checkpoint-4"
     line = refused("evaluate.py", [state, "--output_dir", tmp_path / "out"], capsys, finished)
-    assert "is not a checkpoint folder" in line
+    assert "is not a checkpoint folder" in line and not (tmp_path / "out").exists()
 
 
 @pytest.fixture

@@ -225,11 +225,15 @@ def test_frechet_distance_with_an_injected_extractor_matches_a_direct_computatio
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_classifier_features_work(digits_classifier):
     model, _, _ = digits_classifier
-    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(64, 3, 16, 16, generator=generator)
     metrics = {"fd": frechet_metric(PooledProjection()), "fd_classifier": frechet_metric(ClassifierFeatures(model))}
     distances = frechet_distances(images, images, metrics)
     assert distances["fd"] == pytest.approx(0.0, abs=1e-3)
     assert distances["fd_classifier"] == pytest.approx(0.0, abs=1e-2)
+    # ... and the classifier's features tell two different sets apart: dark noise against bright.
+    apart = frechet_distances(images * 0.2, images * 0.2 + 0.8, metrics)
+    assert apart["fd_classifier"] > 1.0 and apart["fd"] > 0.1
 
 
 def test_fid_is_null_with_the_reason_when_inception_weights_are_unusable(tmp_path):

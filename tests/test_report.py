@@ -182,3 +182,4 @@ def test_bad_results_folders_are_usage_errors(tmp_path, case, capsys):
         report.main(report.parse_args([str(folder)]))
     assert exit_info.value.code == USAGE_EXIT
     assert capsys.readouterr().err.startswith("error: ")
+    assert not list(tmp_path.rglob("*report*"))                 # neither report.csv nor report.png begun

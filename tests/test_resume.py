@@ -133,7 +133,7 @@ def check_kill_and_resume(case, tmp_path, capsys, monkeypatch):
     resumed_log = capsys.readouterr().out
     # The recorded training time is the killed process's, as its state carried it, plus this one's.
     recorded = json.loads((out / "checkpoints" / case.key / RUN_CONFIG_FILE).read_text())["train_seconds"]
-    assert before > 0 and before + 0.5 * wall <= recorded <= before + wall + 0.1
+    assert 0 < before < recorded <= before + wall + 0.1
     assert f"resumed from {states[-1]}: step {resumed_step}" in resumed_log
     # It went on from the saved step: it trained only the steps after it, and logged only the epoch
     # that step was in and those after (a fresh start would train all case.steps and log every epoch).

@@ -40,6 +40,7 @@ def test_cpu_auto_is_a_fixed_size_capped_by_the_samples(tiny_unet):
     pixels = tiny_unet.config.sample_size ** 2
     assert resolve_eval_batch_size(AUTO, tiny_unet, num_samples=10) == 10
     assert resolve_eval_batch_size(AUTO, tiny_unet, num_samples=10**6) == CPU_EVAL_PIXELS // pixels
+    assert (CPU_EVAL_PIXELS // 32 ** 2, CPU_EVAL_PIXELS // 16 ** 2) == (64, 256)       # the README's figures
     assert resolve_eval_batch_size(7, tiny_unet, num_samples=5) == 5
     assert resolve_eval_batch_size(7, tiny_unet, num_samples=50) == 7
 

@@ -116,14 +116,15 @@ def test_killed_sweep_rerun_finishes_every_run_once_with_identical_weights(refer
         assert all((got[k] == expected[k]).all() for k in expected), f"{key} differs from the uninterrupted run"
 
 
-def test_sigterm_saves_a_state_says_how_to_resume_and_exits_143(reference, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM (143)", "Ctrl-C (130)"])
+def test_a_stop_signal_saves_a_state_says_how_to_resume_and_exits_128_plus_it(stop, reference, tmp_path):
     out = tmp_path / "sweep"
     key = SWEEP["PU"]
-    code, _, stderr = run_and_signal(out, "PU", signal.SIGTERM, after_step=2)
-    assert code == SIGNAL_EXIT_BASE + signal.SIGTERM
+    code, _, stderr = run_and_signal(out, "PU", stop, after_step=2)
+    assert code == SIGNAL_EXIT_BASE + stop
     assert "Traceback" not in stderr
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("stopped: SIGTERM at step ")
+    assert line.startswith(f"stopped: {stop.name} at step ")
     step = int(line.split("at step ")[1].split(";")[0])
     state = out / "checkpoints" / f"{key}.state" / f"checkpoint-{step}"
     assert 2 <= step < STEPS and (state / TRAINING_STATE_FILE).is_file()
