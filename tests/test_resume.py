@@ -158,6 +158,23 @@ def test_killed_main_run_resumes_to_identical_weights(tmp_path, capsys, monkeypa
     check_kill_and_resume(DIGITS, tmp_path, capsys, monkeypatch)
 
 
+def test_resume_from_a_named_training_state_that_is_not_the_latest(tmp_path, capsys, monkeypatch):
+    """--resume_from_checkpoint PATH: the older of the two states kept, to the uninterrupted weights."""
+    reference = tmp_path / "uninterrupted"
+    DIGITS.run(reference)
+    out = tmp_path / "killed"
+    saving = ["--checkpointing_steps", str(DIGITS.every), "--checkpoints_total_limit", "2"]
+    older, newer = list_checkpoints(run_killed(DIGITS, out, *saving))[-2:]
+    step = int(older.name.split("-")[1])
+    capsys.readouterr()
+    trained = count_training_steps(monkeypatch)
+    DIGITS.run(out, *saving, "--resume_from_checkpoint", str(older))
+    assert f"resumed from {older}: step {step}" in capsys.readouterr().out
+    assert len(trained) == DIGITS.steps - step
+    weights, expected = DIGITS.weights(out), DIGITS.weights(reference)
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
 def test_killed_fine_tuning_run_resumes_to_identical_weights(tmp_path, capsys, monkeypatch):
     data = tmp_path / "datasets"
     write_cifar10(data, per_class=3, test_per_class=1)
