@@ -14,7 +14,9 @@ def denoising_error(model, scheduler, x0, t=None, noise=None, cond=None):
     if t is None:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=x0.device)
     if noise is None:
-        noise = torch.randn_like(x0)
+        # Drawn in logical (contiguous) order, then laid out as x0 is: randn_like on a channels_last x0
+        # would fill memory order, so --channels_last would train on other noise than the plain path.
+        noise = torch.empty_like(x0).copy_(torch.randn_like(x0, memory_format=torch.contiguous_format))
     noisy = scheduler.add_noise(x0, noise, t)
     if cond is None:
         pred = model(noisy, t).sample

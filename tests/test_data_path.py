@@ -149,3 +149,30 @@ def test_synthetic_mnist_reads_back_through_torchvision(tmp_path):
     assert set(targets.tolist()) <= set(range(10)) and len(set(targets.tolist())) > 1
     pixels = np.asarray(image)
     assert pixels.max() > 200 and (pixels == 0).mean() > 0.3, "a bright digit on a black frame, as MNIST"
+
+
+def test_channels_last_trains_the_same_model():
+    """--channels_last changes how the step runs, not what it computes: the same noise (drawn in
+    logical order whatever the layout), so two steps of the tiny UNet end at the plain path's weights
+    to float rounding; train returns the plain module. (--compile is measured on the GPU by
+    benchmarks/gpu_check.sh: compiling on CPU takes minutes.)"""
+    from diffusers import UNet2DModel
+    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
+    data = TensorPUDataset(torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1,
+                           torch.tensor([0, 1] * 4))
+    trained = {}
+    for channels_last in (False, True):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.manual_seed(0)
+        unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
+        initial = {k: v.clone() for k, v in unet.state_dict().items()}
+        spec = TrainingSpec(config, "PU", 0.1, correction="abs", seed=0, channels_last=channels_last)
+        trained[channels_last] = train(Accelerator(cpu=True), unet, build_noise_scheduler(config), data, spec)
+        assert trained[channels_last] is unet
+    AcceleratorState._reset_state(reset_partial_state=True)
+    plain, fast = trained[False].state_dict(), trained[True].state_dict()
+    assert not all(torch.equal(plain[k], initial[k]) for k in plain)                     # it trained
+    # Adam's first steps move every weight by about lr (1e-3), so other noise would show as ~1e-3 apart.
+    assert all(torch.allclose(plain[k], fast[k], rtol=0, atol=1e-4) for k in plain)
+    close = sum(int(torch.isclose(plain[k], fast[k], rtol=0, atol=1e-6).sum()) for k in plain)
+    assert close >= 0.99 * sum(v.numel() for v in plain.values())
