@@ -17,11 +17,16 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 SEED_LIMIT = 2 ** 32            # numpy and torch seeds must lie in [0, 2**32)
 
 
+def is_trainable_beta(beta):
+    """beta in [0, 1): at 1 the PU risk R_N estimates (1 - beta) E_N[L] = 0, nothing of the normal data."""
+    return 0.0 <= beta < 1.0
+
+
 def beta_value(text):
     if text == AUTO_BETA:
         return AUTO_BETA
     beta = float(text)
-    if not 0.0 <= beta < 1.0:
+    if not is_trainable_beta(beta):
         raise argparse.ArgumentTypeError(f"beta must be in [0, 1), got {text}; it is the share of "
                                          f"sensitive data in the unlabeled set, e.g. 0.1, or 'auto' to estimate it")
     return beta

@@ -22,7 +22,7 @@ from configs import AUTO_BETA, DEFAULT_BETA, with_overrides
 from configs.sd import SD_CONFIG_NAME
 from losses import DEFAULT_CORRECTION, get_algorithm
 from utils.checkpointing import FREE_FIELDS, LATEST, Checkpointing
-from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES
+from utils.cli import DATA_COUNT_ARGS, TRAINING_OVERRIDES, is_trainable_beta
 from utils.errors import UsageError
 from utils.files import RESULTS_DIR, RUN_CONFIG_FILE, save_folder_atomically
 from utils.training import TrainingSpec, make_accelerator
@@ -67,9 +67,8 @@ def check_output_dir(root):
 
 
 def trainable_beta(estimate):
-    """The estimated prior of --beta auto, refused (UsageError) where a typed --beta would be: at 1
-    the normal-data risk R_N estimates (1 - beta) E_N[L] = 0, and the model would learn nothing of U."""
-    if not 0.0 <= estimate.beta < 1.0:
+    """The estimated prior of --beta auto, refused (UsageError) where a typed --beta would be."""
+    if not is_trainable_beta(estimate.beta):
         note = f" ({estimate.warning})" if estimate.warning else ""
         raise UsageError(f"--beta auto estimated beta = {estimate.beta:.4f}: U looks entirely sensitive to the "
                          f"classifier{note}; check S and U, or pass --beta with a value in [0, 1), e.g. 0.1")
