@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from configs.sd import SD_CONFIG
+
 # A UNet small enough to train a step in milliseconds on CPU (sample_size is set per use).
 TINY_UNET = dict(
     layers_per_block=1,
@@ -187,3 +189,21 @@ def write_celeba(root, per_class, test_per_class, seed=0, valid_per_class=2):
 
 
 WRITERS = {"MNIST": write_mnist, "CIFAR10": write_cifar10, "STL10": write_stl10, "CelebA": write_celeba}
+
+
+def write_coloured_sd_folder(root, n_normal, n_sensitive_in_u, n_s, seed=0):
+    """main-sd.py's two folders (0_unlabeled/, 1_positive/) of flat-coloured 24 px PNGs with pixel noise:
+    normal images bluish, sensitive ones reddish, so that any image features tell them apart."""
+    rng = np.random.default_rng(seed)
+
+    def save(folder, name, colour):
+        pixels = np.clip(np.array(colour) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / folder / name)
+    for i in range(n_normal):
+        save(SD_CONFIG.unlabeled_dir, f"man_{i:03d}.png", (40, 60, 200))
+    for i in range(n_sensitive_in_u):
+        save(SD_CONFIG.unlabeled_dir, f"brad_pitt_{i:03d}.png", (200, 50, 40))
+    for i in range(n_s):
+        save(SD_CONFIG.positive_dir, f"brad_pitt_{i:03d}.png", (200, 50, 40))
+    return root

@@ -10,10 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from configs import get_config, with_overrides
-from configs.sd import SD_CONFIG
+from fixtures import write_coloured_sd_folder
 from tiny_models import load_script, save_tiny_clip
 from utils.data import TensorPUDataset, dataset_spec, load_pu_data
 from utils.errors import UsageError
@@ -105,27 +104,10 @@ def test_script_prints_one_json_object(script, capsys, tmp_path):
     assert "cnn" in record["method"]
 
 
-def write_sd_folder(root, n_normal, n_sensitive_in_u, n_s, seed=0):
-    """Flat-coloured 24 px PNGs with pixel noise: normal images bluish, sensitive ones reddish."""
-    rng = np.random.default_rng(seed)
-
-    def save(folder, name, colour):
-        pixels = np.clip(np.array(colour) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(root / folder / name)
-    for i in range(n_normal):
-        save(SD_CONFIG.unlabeled_dir, f"man_{i:03d}.png", (40, 60, 200))
-    for i in range(n_sensitive_in_u):
-        save(SD_CONFIG.unlabeled_dir, f"brad_pitt_{i:03d}.png", (200, 50, 40))
-    for i in range(n_s):
-        save(SD_CONFIG.positive_dir, f"brad_pitt_{i:03d}.png", (200, 50, 40))
-    return root
-
-
 @pytest.mark.usefixtures("offline")
 def test_script_on_sd_folders(script, capsys, tmp_path):
     """SD's layout (64 + 16 in U, 20 in S: beta* = 0.2) through a tiny random CLIP's image features."""
-    data = write_sd_folder(tmp_path / "data", 64, 16, 20)
+    data = write_coloured_sd_folder(tmp_path / "data", 64, 16, 20)
     clip = save_tiny_clip(tmp_path / "clip")
     args = ["--config_name", "SD", "--data_dir", str(data), "--clip_model", str(clip), "--seed", "0"]
     script.main(script.parse_args(args + ["--json"]))

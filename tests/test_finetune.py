@@ -131,3 +131,21 @@ def test_pretrained_configs_are_read_from_the_part_folders_or_the_root(pretraine
         unet, scheduler = load_ddpm_configs(str(source))
         assert unet["sample_size"] == IMAGE_SIZE and unet["in_channels"] == 3
         assert scheduler["num_train_timesteps"] == schedule["num_train_timesteps"]
+
+
+def test_main_ft_beta_auto_estimates_the_prior_of_its_split_and_keys_it(tmp_path, cifar, pretrained, capsys,
+                                                                       offline, monkeypatch):
+    """--beta auto in main-ft.py: the prior of the run's own split (a ResNet-18 per fold, from scratch
+    offline), estimated before the pretrained weights train, recorded, and named `auto` in the key."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))     # no cached ImageNet weights
+    out = tmp_path / "out"
+    argv = ["--config_name", CONFIG, "--algorithm", "PU", "--beta", "auto", "--pretrained_model", str(pretrained),
+            "--data_dir", str(cifar), "--output_dir", str(out), "--n_u_normal", "10", "--n_u_sensitive", "1",
+            "--n_s", "5", "--n_test", "4", "--num_epochs", "1", "--batch_size", "4", "--num_eval_samples", "0"]
+    run_main_ft(argv)
+    assert "beta auto: " in capsys.readouterr().out
+    key = f"main_ft_{CONFIG}_PU_auto_nUn10_nUs1_nS5_nT4_ep1_bs4_42"
+    record = json.loads((out / "checkpoints" / key / "run_config.json").read_text())
+    estimate = record["beta_estimate"]
+    assert record["beta"] == estimate["estimate"] and (estimate["n_u"], estimate["n_s"]) == (11, 5)
+    assert estimate["method"].startswith("best_bin") and "resnet18" in estimate["method"]

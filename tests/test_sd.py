@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from configs import with_overrides
 from configs.sd import SD_CONFIG
+from fixtures import write_coloured_sd_folder
 from tiny_models import load_script, save_tiny_clip, save_tiny_stable_diffusion
 from models.pretrained import training_noise_scheduler
 from utils.sd import SDImageDataset, frozen_copy, make_sd_model_input, validate_sd_folder
@@ -201,3 +202,30 @@ def test_missing_pretrained_part_exits_2(tmp_path, tiny_sd, capsys):
     assert exit_info.value.code == 2
     assert "has no tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "made").exists()
+
+
+def test_main_sd_beta_auto_estimates_the_prior_from_clip_features_and_keys_it(tmp_path, tiny_sd, capsys):
+    """--beta auto on the SD folders: estimated once (utils.prior on CLIP image features), trained with,
+    recorded beside the pipeline and in the results, and named `auto` in the key."""
+    # 9 + 1 in U, 5 in S (5 folds need 5): colours that any features separate, or the estimate is 1.
+    data = write_coloured_sd_folder(tmp_path / "data", 9, 1, 5)
+    out = tmp_path / "out"
+    script = load_script("main-sd.py")
+    argv = ["--algorithm", "PU", "--beta", "auto", "--data_dir", str(data), "--pretrained_model", str(tiny_sd["sd"]),
+            "--output_dir", str(out), "--num_epochs", "1", "--batch_size", "5", "--resolution", str(RESOLUTION),
+            "--num_inference_steps", "2", "--num_workers", "0", "--num_eval_samples", "1",
+            "--clip_model", str(tiny_sd["clip"]), "--resume_from_checkpoint", "latest"]
+    script.main(script.parse_args(argv))
+    assert "beta auto: " in capsys.readouterr().out
+    key = f"main_sd_PU_auto_ep1_bs5_steps2_res{RESOLUTION}_42"
+    record = json.loads((out / "checkpoints" / key / "run_config.json").read_text())
+    estimate = record["beta_estimate"]
+    assert record["beta"] == estimate["estimate"] and estimate["method"].endswith("of CLIP image features")
+    assert (estimate["n_u"], estimate["n_s"]) == (10, 5) and 0.0 <= estimate["estimate"] < 1.0
+    assert estimate["interval"][1] >= 0.1     # the truth, 1 in 10, below the upper end
+    result = json.loads((out / "outputs" / "results" / f"{key}.json").read_text())
+    assert result["beta"] == record["beta"] and result["beta_estimate"] == estimate
+    # Re-run: finished, and nothing is estimated again.
+    script.main(script.parse_args(argv))
+    again = capsys.readouterr().out
+    assert "nothing to train" in again and "beta auto" not in again
