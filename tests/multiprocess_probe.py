@@ -7,11 +7,15 @@ interpreter only, the calls that the data, the noise and the gradients pass thro
 - TensorPUDataset.__getitems__: the training-set indices of each batch this process loads;
 - DDPMScheduler.add_noise: the noise and the timesteps drawn for each training batch;
 - a hook on a few UNet parameters: this process's own gradient, before DDP averages it;
-- Accelerator.clip_grad_norm_: the gradient the optimizer steps with, after DDP averaged it.
+- Accelerator.clip_grad_norm_: the gradient the optimizer steps with, after DDP averaged it;
+- utils.training.get_objective: the beta this process trains with;
+- utils.prior.estimate_prior_for_images (--beta auto): this process's estimate, moved by 0.01 x RANK,
+  so that processes that kept their own estimates would train with different betas.
 Each process saves them to RECORD_DIR/process_{RANK}.pt. Nothing in the library knows about this.
 """
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +26,11 @@ from accelerate import Accelerator  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 import main  # noqa: E402
+import utils.prior  # noqa: E402
+import utils.training  # noqa: E402
 from utils.data import TensorPUDataset  # noqa: E402
+
+RANK_OFFSET = 0.01     # each process's estimate of beta is moved by RANK_OFFSET x its rank
 
 # Parameters whose gradients are recorded: the first and last layers, small enough to store each step.
 WATCHED = ("conv_in.weight", "conv_out.weight", "conv_out.bias")
@@ -31,7 +39,8 @@ WATCHED = ("conv_in.weight", "conv_out.weight", "conv_out.bias")
 def install(record):
     """Wrap the calls listed in the module docstring so that they append to `record`."""
     getitems, add_noise, clip = TensorPUDataset.__getitems__, DDPMScheduler.add_noise, Accelerator.clip_grad_norm_
-    build_unet = main.build_unet
+    build_unet, get_objective, estimate_prior = main.build_unet, utils.training.get_objective, \
+        utils.prior.estimate_prior_for_images
     names = {}     # id(parameter) -> name, for the watched ones
 
     def recorded_getitems(self, indices):
@@ -56,7 +65,17 @@ def install(record):
                 p.register_hook(lambda grad, name=name: record["local_grads"].append((name, grad.detach().clone())))
         return unet
 
+    def recorded_get_objective(algorithm, beta, correction):
+        record["beta"] = beta
+        return get_objective(algorithm, beta, correction)
+
+    def rank_moved_estimate(*args, **kwargs):
+        estimate = estimate_prior(*args, **kwargs)
+        return replace(estimate, beta=estimate.beta + RANK_OFFSET * int(os.environ["RANK"]))
+
     TensorPUDataset.__getitems__ = recorded_getitems
+    utils.training.get_objective = recorded_get_objective
+    utils.prior.estimate_prior_for_images = rank_moved_estimate
     DDPMScheduler.add_noise = recorded_add_noise
     Accelerator.clip_grad_norm_ = recorded_clip
     main.build_unet = watched_unet

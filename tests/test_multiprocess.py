@@ -7,9 +7,9 @@ training state.
 
 What each process trained on is seen from outside the library: the run goes through
 tests/multiprocess_probe.py, which calls main.py's `main` in every torchrun worker after wrapping the
-dataset's batch gather, the scheduler's add_noise, a gradient hook on a few parameters and
-accelerate's clip_grad_norm_ (where DDP has averaged the gradients), and saves what they saw per
-process. One launch serves every test here; the workers run on the CPU (CUDA_VISIBLE_DEVICES=""), and
+dataset's batch gather, the scheduler's add_noise, a gradient hook on a few parameters,
+accelerate's clip_grad_norm_ (where DDP has averaged the gradients) and, for --beta auto, the
+estimate and the objective's beta, and saves what they saw per process. One launch serves every test here; the workers run on the CPU (CUDA_VISIBLE_DEVICES=""), and
 torchrun and its workers are killed if the launch overruns its time.
 """
 import json
@@ -93,7 +93,7 @@ def test_only_the_main_process_writes(launch):
     assert f"training: {STEPS} steps of 32 images per epoch on each of {PROCESSES} processes" in lines
     assert sum(line.startswith("epoch 1/1 ") for line in lines) == 1
     assert sum(line.startswith("saved ") for line in lines) == 1
-    # --beta auto: every process estimates, all train with process 0's beta, which is said once.
+    # --beta auto: the estimate is said once (every process trains with it: the test below).
     assert sum(line.startswith("beta auto: ") for line in lines) == 1
 
     assert (tmp_path / "checkpoints" / KEY / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -110,6 +110,14 @@ def test_only_the_main_process_writes(launch):
         assert {"model.safetensors", "optimizer.bin", TRAINING_STATE_FILE} <= names
         record = json.loads((tmp_path / "checkpoints" / KEY / "run_config.json").read_text())
         assert json.loads((state / TRAINING_STATE_FILE).read_text())["auto_beta"]["beta"] == record["beta"]
+
+
+def test_every_process_trains_with_process_0s_estimate_of_beta(launch):
+    # The probe moves each process's own estimate by 0.01 x its rank: one beta means process 0's was shared.
+    tmp_path, _, records = launch
+    record = json.loads((tmp_path / "checkpoints" / KEY / "run_config.json").read_text())
+    assert [r["beta"] for r in records] == [record["beta"]] * PROCESSES
+    assert record["beta_estimate"]["estimate"] == record["beta"]
 
 
 def test_each_process_trains_on_its_own_shard(launch):
