@@ -9,8 +9,9 @@ What each process trained on is seen from outside the library: the run goes thro
 tests/multiprocess_probe.py, which calls main.py's `main` in every torchrun worker after wrapping the
 dataset's batch gather, the scheduler's add_noise, a gradient hook on a few parameters,
 accelerate's clip_grad_norm_ (where DDP has averaged the gradients) and, for --beta auto, the
-estimate and the objective's beta, and saves what they saw per process. One launch serves every test here; the workers run on the CPU (CUDA_VISIBLE_DEVICES=""), and
-torchrun and its workers are killed if the launch overruns its time.
+estimate and the objective's beta, and saves what they saw per process. One launch serves every
+test here; the workers run on the CPU (CUDA_VISIBLE_DEVICES=""), and torchrun and its workers are
+killed if the launch overruns its time.
 """
 import json
 import os
