@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=positive_int, default=1, help="time each path this many times, alternating")
     p.add_argument("--batch_size", type=positive_int, help="default: the config's")
     p.add_argument("--sample_steps", type=positive_int, default=10, help="sampler steps per image")
-    p.add_argument("--sample_images", type=positive_int, help="images sampled (default: the batch size)")
+    p.add_argument("--sample_images", type=positive_int,
+                   help="images sampled (default: one batch of what --eval_batch_size gives the evaluation)")
     p.add_argument("--eval_batch_size", type=batch_size_or_auto, default=AUTO,
                    help="sampling batch: a number or auto, as the scripts' --eval_batch_size")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -140,10 +141,14 @@ def main(args):
 
 
 def sample(model, noise_scheduler, config, args, accelerator, flops_per_step, peak):
-    """Images/s of utils.sampling.generate at --sample_steps, after a one-step warm-up."""
+    """Images/s of utils.sampling.generate at --sample_steps, after a one-step warm-up, in the batch
+    --eval_batch_size gives the config's evaluation (--sample_images, default one such batch, caps
+    it); and that evaluation's sampling time extrapolated from the rate: its images times its
+    sampler steps over the image-steps per second timed here."""
     device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
-    n = args.sample_images or config.batch_size
-    batch = resolve_eval_batch_size(args.eval_batch_size, model, num_samples=n, dtype=dtype)
+    eval_batch = resolve_eval_batch_size(args.eval_batch_size, model, num_samples=config.num_eval_samples, dtype=dtype)
+    n = args.sample_images or eval_batch
+    batch = min(eval_batch, n)
     common = dict(sampler=config.sampler, batch_size=batch, seed=args.seed, dtype=dtype)
     generate(model, noise_scheduler, num_inference_steps=1, num_samples=batch, **common)
     measure.reset_peak_memory(device)
@@ -152,7 +157,11 @@ def sample(model, noise_scheduler, config, args, accelerator, flops_per_step, pe
     steps = rate(n * args.sample_steps, seconds, flops_per_step, peak)
     return dict(images=n, batch_size=batch, sample_steps=args.sample_steps, sampler=config.sampler,
                 images_per_s=n / seconds, seconds=seconds, image_steps_per_s=steps["images_per_s"], mfu=steps["mfu"],
-                peak_memory=dict(zip(("bytes", "measure"), measure.peak_memory(device))))
+                peak_memory=dict(zip(("bytes", "measure"), measure.peak_memory(device))),
+                evaluation=dict(num_samples=config.num_eval_samples, batch_size=eval_batch,
+                                num_inference_steps=config.num_inference_steps, timed_at_this_batch=batch == eval_batch,
+                                seconds=config.num_eval_samples * config.num_inference_steps / steps["images_per_s"]
+                                if steps["images_per_s"] else None))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ def test_figures_are_consistent(report):
     sampling = report["sampling"]
     assert (sampling["images"], sampling["batch_size"], sampling["sample_steps"]) == (3, 3, 2)
     assert sampling["image_steps_per_s"] == pytest.approx(2 * sampling["images_per_s"])
+    # MNIST_even's evaluation: 10,000 samples in 1,000 DDPM steps, in batches of 64 at 32 px on CPU (auto).
+    evaluation = sampling["evaluation"]
+    assert (evaluation["num_samples"], evaluation["num_inference_steps"], evaluation["batch_size"]) == (10_000, 1000, 64)
+    assert not evaluation["timed_at_this_batch"]            # --sample_images 3 timed a batch of 3
+    assert evaluation["seconds"] == pytest.approx(10_000 * 1000 / sampling["image_steps_per_s"])
     if report["peak_flops"] is not None and ours["images_per_s"] is not None:
         assert ours["mfu"] == pytest.approx(report["flops_per_train_image"] * ours["images_per_s"]
                                             / report["peak_flops"])

@@ -176,3 +176,22 @@ def test_channels_last_trains_the_same_model():
     assert all(torch.allclose(plain[k], fast[k], rtol=0, atol=1e-4) for k in plain)
     close = sum(int(torch.isclose(plain[k], fast[k], rtol=0, atol=1e-6).sum()) for k in plain)
     assert close >= 0.99 * sum(v.numel() for v in plain.values())
+
+
+def test_the_loop_releases_its_optimizer_when_it_ends():
+    """train drops what the accelerator prepared (the optimizer holds AdamW's two moments, twice the
+    weights): after it, no optimizer it made is alive, so the evaluation and a next run get the memory."""
+    import gc
+    from diffusers import UNet2DModel
+
+    def live_optimizers():
+        gc.collect()
+        return sum(isinstance(o, torch.optim.Optimizer) for o in gc.get_objects())
+    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
+    data = TensorPUDataset(torch.rand(8, 3, 8, 8) * 2 - 1, torch.tensor([0, 1] * 4))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator, before = Accelerator(cpu=True), live_optimizers()
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
+    trained = train(accelerator, unet, build_noise_scheduler(config), data, TrainingSpec(config, "PU", 0.1))
+    assert trained is unet and live_optimizers() == before
+    AcceleratorState._reset_state(reset_partial_state=True)

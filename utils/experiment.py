@@ -157,7 +157,7 @@ def run_sd_experiment(run, pipe, files, clip):
                      to_model_input=make_sd_model_input(vae, text_encoder), num_workers=args.num_workers,
                      trainable_parameters=pipe.unet.parameters())
     del vae, text_encoder
-    accelerator.free_memory()   # drops the optimizer state before sampling
+    accelerator.free_memory()   # collects the frozen copies before sampling
     if not accelerator.is_main_process:
         return unet
     pipe = StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)

@@ -306,7 +306,16 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
     accelerator.wait_for_everyone()
     # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
     # no autocast patch on forward (a later prepare would stack a second one).
-    return accelerator.unwrap_model(s.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    model = accelerator.unwrap_model(s.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    # The accelerator keeps what it prepared (the DDP wrapper, the optimizer and its AdamW moments,
+    # twice the weights' size) and what prepare registered for checkpointing (the schedule holds the
+    # optimizer too): released here, so the grid, the evaluation's batch search and any later training
+    # in this process get that memory, and a later training's states hold only its own objects.
+    # accelerate has no public call that unregisters, hence the private list.
+    accelerator._custom_objects = [o for o in accelerator._custom_objects
+                                   if o is not s.lr_scheduler and o is not s.progress]
+    accelerator.free_memory()
+    return model
 
 
 def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input, checkpointing, stop, epoch, step):
