@@ -11,11 +11,15 @@ CUDA) and the PU objective. For Stable Diffusion a batch of 512 px images and ca
 latents and text embeddings through frozen half-precision copies of the VAE and the text encoder
 (utils.sd.make_sd_model_input), as in main-sd.py, and only the UNet trains. The step time is the
 difference between runs of --warmup_steps + --steps and of --warmup_steps batches (set-up and first
-batches cancel); the peak memory is the longer run's (torch.cuda.max_memory_allocated on CUDA).
+batches cancel); the peak memory is the longer run's (torch.cuda.max_memory_allocated on CUDA), with
+what was allocated when it started beside it (the frozen VAE and text encoder; the pristine
+weights each run copies stay on the CPU). The synthetic images stay on the CPU: a real run whose data --data_on_device auto places on
+the GPU adds its size (main-ft.py's CelebA set, 2,400 images at 256 px in fp32: 1.9 GB).
 """
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import sys
 from dataclasses import replace
@@ -55,6 +59,9 @@ CELEBAHQ_256_UNET = dict(sample_size=256, in_channels=3, out_channels=3, layers_
                          down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
                          up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
                          downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
+# Their training schedules: SD v1's scaled-linear betas and google/ddpm-*'s linear ones, 1,000 steps each.
+SD_V1_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 MODELS = ("sd-v1-4", "ddpm-celebahq-256")
 CAPTION_LENGTH = 77          # CLIP's model_max_length: main-sd.py pads every caption to it
 S_SHARE = 0.1                # the share of the batch labeled sensitive (y = 1)
@@ -85,10 +92,8 @@ def build_parts(model, architecture=None):
         parts = architecture or SD_V1_4
         frozen = dict(vae=AutoencoderKL(**parts["vae"]),
                       text_encoder=CLIPTextModel(CLIPTextConfig(**parts["text_encoder"])))
-        # SD v1's training schedule: scaled-linear betas from 0.00085 to 0.012 over 1,000 steps.
-        scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-        return UNet2DConditionModel(**parts["unet"]), frozen, scheduler
-    return UNet2DModel(**(architecture or CELEBAHQ_256_UNET)), {}, DDPMScheduler(num_train_timesteps=1000)
+        return UNet2DConditionModel(**parts["unet"]), frozen, DDPMScheduler(**SD_V1_SCHEDULE)
+    return UNet2DModel(**(architecture or CELEBAHQ_256_UNET)), {}, DDPMScheduler(**DDPM_SCHEDULE)
 
 
 def synthetic_batches(model, n, resolution, vocab_size, seed):
@@ -104,6 +109,7 @@ def synthetic_batches(model, n, resolution, vocab_size, seed):
 
 
 def config_for(model, batch_size, resolution):
+    """The config main-sd.py or main-ft.py (CelebA) trains with, at this batch size and resolution, one epoch."""
     if model == "sd-v1-4":
         return replace(SD_CONFIG, batch_size=batch_size, resolution=resolution, num_epochs=1)
     return replace(get_config("CelebA_male"), batch_size=batch_size, image_size=resolution, num_epochs=1)
@@ -111,7 +117,8 @@ def config_for(model, batch_size, resolution):
 
 def measure_training(args, architecture=None):
     """The result record: parameters, seconds per step, images/s and peak memory."""
-    resolution = args.resolution or (512 if args.model == "sd-v1-4" else CELEBAHQ_256_UNET["sample_size"])
+    resolution = args.resolution or (SD_CONFIG.resolution if args.model == "sd-v1-4"
+                                     else CELEBAHQ_256_UNET["sample_size"])
     accelerator = make_benchmark_accelerator(args)
     device = accelerator.device
     torch.manual_seed(args.seed)
@@ -124,7 +131,7 @@ def measure_training(args, architecture=None):
         to_model_input = dict(to_model_input=make_sd_model_input(
             frozen_copy(frozen["vae"], device, dtype), frozen_copy(frozen["text_encoder"], device, dtype)))
     config = config_for(args.model, args.batch_size, resolution)
-    spec = TrainingSpec(config, "PU", DEFAULT_BETA, seed=args.seed)
+    spec = TrainingSpec(config, "PU", DEFAULT_BETA, seed=args.seed, data_on_device="no")
     vocab = frozen["text_encoder"].config.vocab_size if frozen else None
 
     def run(batches):
@@ -132,12 +139,21 @@ def measure_training(args, architecture=None):
         with contextlib.redirect_stdout(sys.stderr):      # the loop's lines; stdout is the JSON
             return train(accelerator, copy.deepcopy(pristine), noise_scheduler, data, spec, **to_model_input)
 
-    # Each run trains a fresh copy; the loop releases its optimizer when it ends, and the trained copy
-    # is dropped here ([1]: the seconds only), so a run's peak holds no earlier run's model.
-    measure.timed(device, lambda: run(args.warmup_steps))                        # kernels, cuDNN's choices
-    short_s = measure.timed(device, lambda: run(args.warmup_steps))[1]
+    def timed_run(batches):
+        """Seconds of a run on a fresh copy. The trained copy is dropped ([1]) and collected before
+        the next run: a model that went through accelerate's mixed-precision wrapper keeps a reference cycle (its
+        restored forward is bound to itself), so only the collector frees it."""
+        seconds = measure.timed(device, lambda: run(batches))[1]
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return seconds
+
+    timed_run(args.warmup_steps)                                              # kernels, cuDNN's choices
+    short_s = timed_run(args.warmup_steps)
     measure.reset_peak_memory(device)
-    long_s = measure.timed(device, lambda: run(args.warmup_steps + args.steps))[1]
+    at_start = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    long_s = timed_run(args.warmup_steps + args.steps)
     step_s = (long_s - short_s) / args.steps
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return dict(model=args.model, parameters=count(pristine), frozen_parameters={k: count(m) for k, m in frozen.items()},
@@ -146,7 +162,7 @@ def measure_training(args, architecture=None):
                 device_name=measure.device_name(device), mixed_precision=accelerator.mixed_precision,
                 seconds_per_step=step_s if step_s > 0 else None,
                 images_per_s=args.batch_size / step_s if step_s > 0 else None,
-                peak_memory=dict(zip(("bytes", "measure"), measure.peak_memory(device))))
+                peak_memory=dict(zip(("bytes", "measure"), measure.peak_memory(device)), allocated_at_start=at_start))
 
 
 @exits_on_usage_error

@@ -194,4 +194,5 @@ def test_the_loop_releases_its_optimizer_when_it_ends():
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
     trained = train(accelerator, unet, build_noise_scheduler(config), data, TrainingSpec(config, "PU", 0.1))
     assert trained is unet and live_optimizers() == before
+    assert not accelerator._custom_objects        # nothing of this run left registered for checkpointing
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -174,20 +174,25 @@ def test_training_mixture_gives_the_true_shares_of_U_and_the_class_classifiers(t
     assert max(abs(t - s) for t, s in shares.values()) < 0.05
 
 
-def test_fd_by_sensitive_share_measures_real_mixtures_against_the_normal_only_test_set(tmp_path, capsys):
+@pytest.mark.parametrize("pool, num_images, n_reference", [("train", 200, 145), ("test", 50, 72)])
+def test_fd_by_sensitive_share_measures_real_mixtures_against_normal_test_images(pool, num_images, n_reference,
+                                                                                tmp_path, capsys):
     script = load_diagnosis("fd_by_sensitive_share")
-    measures = script.measures_at_shares("Digits_even", [0.0, 0.5], num_images=200, draws=2, seed=0,
-                                         data_dir="datasets", output_dir=tmp_path)
+    measures, reference = script.measures_at_shares("Digits_even", [0.0, 0.5], num_images=num_images, draws=2,
+                                                    seed=0, data_dir="datasets", output_dir=tmp_path, pool=pool)
+    # train: every normal test image (Digits_even's n_test); test: half of them, the other half drawn from.
+    assert reference == n_reference
     assert list(measures) == [0.0, 0.5] and all(len(draws) == 2 for draws in measures.values())
     (fd_0, precision_0, _), (fd_half, precision_half, _) = (np.mean(measures[s], axis=0) for s in (0.0, 0.5))
     # Real normal images sit near the normal-only reference; half of them sensitive, far from it.
-    assert fd_0 < fd_half / 5 and precision_half < precision_0
-    script.main(script.parse_args(["Digits_even", "--shares", "0", "0.5", "--num_images", "200", "--draws", "2",
-                                   "--output_dir", str(tmp_path)]))
-    assert "| 0.500 | " in capsys.readouterr().out
-    with pytest.raises(SystemExit) as refused:      # more images than the digits' train split holds
-        script.main(script.parse_args(["Digits_even", "--num_images", "5000", "--output_dir", str(tmp_path)]))
-    assert refused.value.code == 2 and "needs more images" in capsys.readouterr().err
+    assert fd_0 < fd_half / 3 and precision_half < precision_0
+    argv = ["Digits_even", "--shares", "0", "0.5", "--num_images", str(num_images), "--draws", "2", "--pool", pool,
+            "--output_dir", str(tmp_path)]
+    script.main(script.parse_args(argv))
+    assert f"against {n_reference} normal test images" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:      # more images than the pool holds
+        script.main(script.parse_args([*argv, "--num_images", "5000"]))
+    assert refused.value.code == 2 and f"the {pool} pool's" in capsys.readouterr().err
 
 
 def test_error_by_group_diagnoses_a_finished_run(finished_run, tmp_path, capsys):

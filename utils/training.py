@@ -303,17 +303,20 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
     finally:
         if writer is not None:
             writer.close()
+        # What prepare registered for checkpointing (the schedule holds the optimizer) is unregistered,
+        # so a later training in this process saves and loads only its own objects. accelerate has no
+        # public call that unregisters, hence the private list.
+        accelerator._custom_objects = [o for o in accelerator._custom_objects
+                                       if o is not s.lr_scheduler and o is not s.progress]
     accelerator.wait_for_everyone()
     # The module as it was passed in: no compiled wrapper (save_pretrained needs the original) and
     # no autocast patch on forward (a later prepare would stack a second one).
     model = accelerator.unwrap_model(s.model, keep_fp32_wrapper=False, keep_torch_compile=False)
     # The accelerator keeps what it prepared (the DDP wrapper, the optimizer and its AdamW moments,
-    # twice the weights' size) and what prepare registered for checkpointing (the schedule holds the
-    # optimizer too): released here, so the grid, the evaluation's batch search and any later training
-    # in this process get that memory, and a later training's states hold only its own objects.
-    # accelerate has no public call that unregisters, hence the private list.
-    accelerator._custom_objects = [o for o in accelerator._custom_objects
-                                   if o is not s.lr_scheduler and o is not s.progress]
+    # twice the weights' size): with the session gone, free_memory drops those references, collects
+    # and empties CUDA's cache, so the grid, the evaluation's batch search and any later training get
+    # that memory.
+    del s
     accelerator.free_memory()
     return model
 
