@@ -122,14 +122,20 @@ def bf16_accelerator():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def tiny_training(seed=1):
+    """A one-epoch Digits_even config at 8 px, batch 4, and 8 random images in [-1, 1], half labeled S."""
+    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return config, TensorPUDataset(images, torch.tensor([0, 1] * 4))
+
+
 def test_train_returns_the_module_it_was_given(bf16_accelerator):
     """No autocast patch on forward (a second prepare would stack another) and no compiled wrapper,
     so save_pretrained and later calls see the plain module."""
     from diffusers import UNet2DModel
     torch.manual_seed(0)
-    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
+    config, data = tiny_training()
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
-    data = TensorPUDataset(torch.rand(8, 3, 8, 8) * 2 - 1, torch.tensor([0, 1] * 4))
     trained = train(bf16_accelerator, unet, build_noise_scheduler(config), data,
                     TrainingSpec(config, "PU", 0.1, correction="abs", seed=0, data_on_device="yes"))
     assert trained is unet
@@ -157,9 +163,7 @@ def test_channels_last_trains_the_same_model():
     to float rounding; train returns the plain module. (--compile is measured on the GPU by
     benchmarks/gpu_check.sh: compiling on CPU takes minutes.)"""
     from diffusers import UNet2DModel
-    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
-    data = TensorPUDataset(torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1,
-                           torch.tensor([0, 1] * 4))
+    config, data = tiny_training()
     trained = {}
     for channels_last in (False, True):
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -187,8 +191,7 @@ def test_the_loop_releases_its_optimizer_when_it_ends():
     def live_optimizers():
         gc.collect()
         return sum(isinstance(o, torch.optim.Optimizer) for o in gc.get_objects())
-    config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=1, lr_warmup_steps=1)
-    data = TensorPUDataset(torch.rand(8, 3, 8, 8) * 2 - 1, torch.tensor([0, 1] * 4))
+    config, data = tiny_training()
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator, before = Accelerator(cpu=True), live_optimizers()
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)

@@ -6,17 +6,11 @@ import pytest
 import torch
 
 from benchmarks import memory
+from tiny_models import tiny_sd_architecture
 
 # The tiny stand-ins keep each model's layout (cross-attention UNet + VAE + CLIP text encoder; a
 # pixel UNet with attention) at a size that trains a step in milliseconds.
-TINY_SD = dict(
-    unet=dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-              norm_num_groups=4, cross_attention_dim=32, attention_head_dim=4,
-              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-    vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-             sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
-    text_encoder=dict(vocab_size=60, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                      max_position_embeddings=77, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+TINY_SD = tiny_sd_architecture(latent_size=8, vocab_size=60, bos_id=0, eos_id=1)
 TINY_PIXEL_UNET = dict(sample_size=16, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 TINY_ARGS = ["--resolution", "16", "--batch_size", "2", "--steps", "2", "--warmup_steps", "1", "--device", "cpu"]

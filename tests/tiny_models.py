@@ -47,26 +47,32 @@ def save_tiny_ddpm(folder, sample_size=32):
     return folder
 
 
-def save_tiny_stable_diffusion(folder, latent_size=8):
-    """A StableDiffusionPipeline of tiny parts; its native image size is 2 * latent_size pixels.
+def tiny_sd_architecture(latent_size, vocab_size, bos_id, eos_id):
+    """{unet, vae, text_encoder}: the keyword arguments of a tiny Stable Diffusion's parts, SD v1's
+    layout (a cross-attention UNet, a VAE with a scale factor of 2, a CLIP text encoder)."""
+    return dict(
+        unet=dict(sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=TEXT_DIM, attention_head_dim=4,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                 sample_size=2 * latent_size, down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2),
+        text_encoder=_tiny_text_config(vocab_size, bos_id, eos_id))
 
-    The VAE has two levels (a scale factor of 2), the UNet cross-attends to a 32-dim CLIP text
-    encoder, and the scheduler is SD v1-4's PNDM with scaled-linear betas.
+
+def save_tiny_stable_diffusion(folder, latent_size=8):
+    """A StableDiffusionPipeline of tiny parts (tiny_sd_architecture); its native image size is
+    2 * latent_size pixels. The scheduler is SD v1-4's PNDM with scaled-linear betas.
     """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     tokenizer = write_clip_tokenizer(folder / "tokenizer_files")
+    parts = tiny_sd_architecture(latent_size, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     torch.manual_seed(TINY_SEED)
-    unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=TEXT_DIM,
-                                attention_head_dim=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                        norm_num_groups=4, sample_size=2 * latent_size,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_tiny_text_config(
-        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)))
+    unet = UNet2DConditionModel(**parts["unet"])
+    vae = AutoencoderKL(**parts["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**parts["text_encoder"]))
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
