@@ -21,7 +21,8 @@ from models.pretrained import load_clip
 from utils.cli import DATA_COUNT_ARGS, seed_value
 from utils.data import load_pu_data
 from utils.errors import UsageError, exits_on_usage_error
-from utils.prior import check_prior_counts, estimate_prior_for_images, estimate_prior_for_sd
+from utils.prior import check_prior_counts
+from utils.prior_data import estimate_prior_for_images, estimate_prior_for_sd
 from utils.sd import POSITIVE, UNLABELED, validate_sd_folder
 
 COUNT_NAMES = ("n_u_normal", "n_u_sensitive", "n_s")   # the test set plays no part in the estimate

@@ -8,8 +8,6 @@ outputs/results/{key}.json with brad_pitt_share_brad_pitt_prompt and brad_pitt_s
 redraws the 4 x 4 grid of each prompt (outputs/images/{key}_{prompt}.png), as main-sd.py draws them.
 """
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
@@ -17,11 +15,12 @@ from configs import with_overrides
 from configs.sd import SD_CONFIG
 from models.pretrained import load_clip, load_stable_diffusion
 from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir
-from utils.errors import UsageError, exits_on_usage_error
+from utils.errors import exits_on_usage_error
 from utils.files import RUN_CONFIG_FILE
+from utils.records import read_run_record, sd_result_record, unreadable
 from utils.run import Run, check_output_dir
 from utils.sampling import sampling_precision
-from utils.sd_eval import results_record, sample_and_score, save_prompt_grids, write_results
+from utils.sd_eval import sample_and_score, save_prompt_grids, write_results
 
 
 def parse_args(argv=None):
@@ -36,21 +35,14 @@ def parse_args(argv=None):
 
 def read_sd_run(checkpoint, root):
     """(Run, run record) of a folder main-sd.py wrote, its outputs going under `root`; a UsageError otherwise."""
-    path = Path(checkpoint) / RUN_CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"{path} is missing; --checkpoint must be a folder written by main-sd.py")
+    record = read_run_record(checkpoint, ("main_sd",), needs_pipeline=False)
     try:
-        record = json.loads(path.read_text())
-        if record.get("script") != "main_sd":
-            raise UsageError(f"{checkpoint} was written by {record.get('script')}, not main-sd.py; "
-                             f"evaluate it with evaluate.py")
         trained = record["config"]
         config = with_overrides(SD_CONFIG, resolution=trained["resolution"], guidance_scale=trained["guidance_scale"],
                                 num_inference_steps=trained["num_inference_steps"])
         return Run.from_record(record, config, root), record
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
-        raise UsageError(f"{path} is unreadable or incomplete ({type(e).__name__}: {e}); "
-                         f"re-run the training that wrote it")
+    except (AttributeError, KeyError, TypeError) as e:
+        raise unreadable(f"{checkpoint}/{RUN_CONFIG_FILE}", e)
 
 
 @exits_on_usage_error
@@ -66,8 +58,8 @@ def main(args):
 
     images, metrics, times = sample_and_score(pipe, config, run.seed, args.num_eval_samples, clip, device,
                                               num_grid=config.grid_samples)
-    result = results_record(run, config, metrics, args.num_eval_samples, args.clip_model, times,
-                            type(pipe.scheduler).__name__)
+    result = sd_result_record(run, config, metrics, num_samples=args.num_eval_samples, clip_model=args.clip_model,
+                              times=times, sampler=type(pipe.scheduler).__name__)
     # The grids main-sd.py draws (the same seeds), so a run stopped between its save and its grids is completed.
     grids = save_prompt_grids(images, config, run.image_dir, result["key"])
     path = write_results(args.output_dir, result)

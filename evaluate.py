@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from models import SAMPLERS
-from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir
+from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir, eval_options
 from utils.errors import exits_on_usage_error
 from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model, read_checkpoint_run
 from utils.experiment import save_sample_grid
@@ -50,12 +50,8 @@ def main(args):
     # Sampled in the run's precision, as its own evaluation after training was (fp32 for --mixed_precision no).
     device, dtype = sampling_precision(mixed_precision=record.get("mixed_precision"))
     unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
-    _, result = evaluate_and_save(
-        run, unet, noise_scheduler, num_samples=args.num_eval_samples or run.config.num_eval_samples,
-        num_inference_steps=args.num_inference_steps, sampler=args.sampler, batch_size=args.eval_batch_size,
-        data_dir=args.data_dir or record["args"].get("data_dir", "datasets"), device=device, dtype=dtype,
-        classifier_weights=args.classifier_weights, inception_weights=args.inception_weights,
-        checkpoint=args.checkpoint_dir)
+    _, result = evaluate_and_save(run, unet, noise_scheduler, eval_options(args, data_dir=args.data_dir), dtype=dtype,
+                                  checkpoint=args.checkpoint_dir)
     if result["key"] != run.key:     # another sampler or step count: its own grid beside its own result
         save_sample_grid(run, unet, noise_scheduler, dtype, result["sampler"], result["num_inference_steps"])
 

@@ -15,9 +15,10 @@ from diffusers import DDIMPipeline
 from configs import FINETUNE_CONFIGS, FINETUNE_SAMPLER, get_config
 from models import IMAGE_CHANNELS
 from models.pretrained import load_ddpm_configs, load_pretrained_ddpm
-from utils.cli import add_eval_args, add_pretrained_model, add_run_args
+from utils.cli import add_eval_args, add_pretrained_model, add_run_args, eval_options, run_request
 from utils.errors import UsageError, exits_on_usage_error
-from utils.experiment import estimate_beta_from_images, run_pixel_experiment
+from utils.experiment import run_pixel_experiment
+from utils.prior_data import beta_estimator_for_images
 from utils.run import Run
 
 
@@ -51,10 +52,10 @@ def main(args):
     architecture = {k: v for k, v in unet_config.items() if not k.startswith("_")}
     base = replace(config, num_train_timesteps=scheduler_config["num_train_timesteps"], unet=architecture,
                    **FINETUNE_SAMPLER)
-    run = Run.resolve(args, "main_ft", args.config_name, base, pretrained_model=source,
-                      estimate_beta=estimate_beta_from_images(args.data_dir, args.seed, args.classifier_weights))
+    run = Run.resolve(run_request(args, pretrained_model=source), "main_ft", args.config_name, base,
+                      estimate_beta=beta_estimator_for_images(args.data_dir, args.seed, args.classifier_weights))
     unet, noise_scheduler = (None, None) if run.done else load_pretrained_ddpm(source)
-    run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline)
+    run_pixel_experiment(run, unet, noise_scheduler, DDIMPipeline, eval_options(args))
 
 
 if __name__ == "__main__":

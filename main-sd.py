@@ -2,7 +2,8 @@
 
     python main-sd.py --algorithm PU --beta 0.1 --seed 42
 
-Data: --data_dir holds 0_unlabeled/ (y = 0) and 1_positive/ (y = 1); make-sd-data.py writes it.
+Data: --data_dir (default datasets/middle_aged_man100) holds 0_unlabeled/ (U, y = 0) and 1_positive/
+(S, y = 1); make-sd-data.py writes it.
 Only the UNet trains; the VAE and text encoder are frozen (fp16 on CUDA). Saves a
 StableDiffusionPipeline to checkpoints/main_sd_{algorithm}_{beta}_{seed}/, a 4 x 4 grid per prompt
 to outputs/images/, and the CLIP evaluation to outputs/results/ (--num_eval_samples 0 skips it).
@@ -11,9 +12,10 @@ import argparse
 
 from configs.sd import SD_CONFIG, SD_CONFIG_NAME
 from models.pretrained import load_clip, load_stable_diffusion
-from utils.cli import add_eval_args, add_pretrained_model, add_run_args, non_negative_int, positive_int
+from utils.cli import add_eval_args, add_pretrained_model, add_run_args, non_negative_int, positive_int, run_request
 from utils.errors import exits_on_usage_error
-from utils.experiment import estimate_beta_from_sd_folders, run_sd_experiment
+from utils.experiment import SDOptions, run_sd_experiment
+from utils.prior_data import beta_estimator_for_sd_folders
 from utils.run import Run
 from utils.sd import check_resolution, validate_sd_folder
 
@@ -22,9 +24,11 @@ DEFAULT_NUM_WORKERS = 4
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(parser)
+    # The images are decoded per item (no in-memory tensor): --data_on_device has nothing to place.
+    add_run_args(parser, data_dir=SD_CONFIG.data_dir, data_on_device=False,
+                 data_dir_help=f"folder holding {SD_CONFIG.unlabeled_dir}/ (U) and {SD_CONFIG.positive_dir}/ (S), "
+                               f"as make-sd-data.py writes it (default: %(default)s)")
     add_eval_args(parser, default_samples=SD_CONFIG.num_eval_samples, pixel=False)
-    parser.set_defaults(data_dir=SD_CONFIG.data_dir)
     sd = parser.add_argument_group("Stable Diffusion")
     add_pretrained_model(sd, default=SD_CONFIG.pretrained_model)
     sd.add_argument("--resolution", type=positive_int, help=f"image size (default: {SD_CONFIG.resolution})")
@@ -38,17 +42,19 @@ def parse_args(argv=None):
 
 @exits_on_usage_error
 def main(args):
-    run = Run.resolve(args, "main_sd", SD_CONFIG_NAME, SD_CONFIG.for_algorithm(args.algorithm),
-                      resolution=args.resolution, data_dir=args.data_dir, pretrained_model=args.pretrained_model,
-                      clip_model=args.clip_model,
-                      estimate_beta=estimate_beta_from_sd_folders(args.data_dir, args.clip_model, args.seed))
+    request = run_request(args, resolution=args.resolution, data_dir=args.data_dir,
+                          pretrained_model=args.pretrained_model, clip_model=args.clip_model)
+    run = Run.resolve(request, "main_sd", SD_CONFIG_NAME, SD_CONFIG.for_algorithm(args.algorithm),
+                      estimate_beta=beta_estimator_for_sd_folders(args.data_dir, args.clip_model, args.seed))
     if run.done:   # finished earlier with these settings; evaluate-sd.py re-evaluates it and redraws its grids
         return
     files = validate_sd_folder(args.data_dir, run.config)
     clip = load_clip(args.clip_model) if args.num_eval_samples else None
     pipe = load_stable_diffusion(args.pretrained_model)
     check_resolution(pipe, run.config.resolution)
-    run_sd_experiment(run, pipe, files, clip)
+    options = SDOptions(num_eval_samples=args.num_eval_samples, clip_model=args.clip_model,
+                        gradient_checkpointing=args.gradient_checkpointing, num_workers=args.num_workers)
+    run_sd_experiment(run, pipe, files, clip, options)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from utils.data import TensorPUDataset  # noqa: E402
 from utils.errors import exits_on_usage_error  # noqa: E402
 from utils.sampling import sampling_precision  # noqa: E402
 from utils.sd import frozen_copy, make_sd_model_input  # noqa: E402
-from utils.training import TrainingSpec, train  # noqa: E402
+from utils.training import TrainingData, TrainingSpec, images_to_model_input, train  # noqa: E402
 
 # CompVis/stable-diffusion-v1-4: UNet 859.5M, VAE 83.7M, CLIP ViT-L/14 text encoder 123.1M parameters.
 SD_V1_4 = dict(
@@ -125,11 +125,11 @@ def measure_training(args, architecture=None):
     pristine, frozen, noise_scheduler = build_parts(args.model, architecture)
     if args.gradient_checkpointing:
         pristine.enable_gradient_checkpointing()
-    to_model_input = {}
+    to_model_input = images_to_model_input
     if frozen:      # in the dtype main-sd.py gives them: the sampling precision (fp16 on CUDA)
         dtype = sampling_precision(device, accelerator.mixed_precision)[1] or torch.float32
-        to_model_input = dict(to_model_input=make_sd_model_input(
-            frozen_copy(frozen["vae"], device, dtype), frozen_copy(frozen["text_encoder"], device, dtype)))
+        to_model_input = make_sd_model_input(frozen_copy(frozen["vae"], device, dtype),
+                                             frozen_copy(frozen["text_encoder"], device, dtype))
     config = config_for(args.model, args.batch_size, resolution)
     spec = TrainingSpec(config, "PU", DEFAULT_BETA, seed=args.seed, data_on_device="no")
     vocab = frozen["text_encoder"].config.vocab_size if frozen else None
@@ -137,7 +137,7 @@ def measure_training(args, architecture=None):
     def run(batches):
         data = synthetic_batches(args.model, batches * args.batch_size, resolution, vocab, args.seed)
         with contextlib.redirect_stdout(sys.stderr):      # the loop's lines; stdout is the JSON
-            return train(accelerator, copy.deepcopy(pristine), noise_scheduler, data, spec, **to_model_input)
+            return train(accelerator, copy.deepcopy(pristine), noise_scheduler, TrainingData(data, to_model_input), spec)
 
     def timed_run(batches):
         """Seconds of a run on a fresh copy. The trained copy is dropped ([1]) and collected before

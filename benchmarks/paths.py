@@ -17,7 +17,7 @@ from benchmarks.synthetic_mnist import write_mnist
 from configs import DEFAULT_BETA
 from utils.data import LabeledSubset, image_transform, load_dataset, materialize, place_on_device
 from utils.errors import UsageError
-from utils.training import TrainingSpec, make_train_loader, train
+from utils.training import TrainingData, TrainingSpec, make_train_loader, train
 
 SYNTHETIC_TEST_IMAGES = 10   # torchvision's MNIST wants a test split; the benchmark never reads it
 
@@ -53,7 +53,7 @@ def timed_train(accelerator, model, noise_scheduler, dataset, config, args):
         with contextlib.redirect_stdout(sys.stderr):   # the loop's progress lines; stdout is the JSON
             spec = TrainingSpec(config, args.algorithm, DEFAULT_BETA, seed=args.seed, channels_last=args.channels_last,
                                 compile=args.compile, data_on_device=args.data_on_device)
-            return train(accelerator, model, noise_scheduler, dataset, spec)
+            return train(accelerator, model, noise_scheduler, TrainingData(dataset), spec)
     return measure.timed(accelerator.device, run)
 
 

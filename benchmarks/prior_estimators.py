@@ -1,4 +1,4 @@
-"""Class-prior estimators side by side on synthetic mixtures: our BBE against pulearn's (issue 13).
+"""Class-prior estimators side by side on synthetic mixtures: our BBE against pulearn's (docs/results.md).
 
     python benchmarks/prior_estimators.py                 # pulearn columns need `pip install pulearn`
 

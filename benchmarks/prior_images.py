@@ -1,11 +1,11 @@
-"""The class prior estimated from real PU images against the known truth (issue 13, `--beta auto`).
+"""The class prior estimated from real PU images against the known truth (`--beta auto`; docs/results.md).
 
     OMP_NUM_THREADS=1 python benchmarks/prior_images.py --config_name Digits_even
     OMP_NUM_THREADS=1 python benchmarks/prior_images.py --config_name FashionMNIST_clothes \\
         --data_dir /tmp/fm --n_u_normal 5000 --n_s 500
 
 For each true prior and seed: the PU split that training draws for that seed (utils.data.load_pu_data)
-and the estimate of estimate-beta.py (utils.prior.estimate_prior_for_images, the config's classifier
+and the estimate of estimate-beta.py (utils.prior_data.estimate_prior_for_images, the config's classifier
 recipe, 5 folds, a 90% interval). The true prior varies through the sensitive images hidden in U:
 n_u_normal x 1/20, 1/10 and 1/4 by default (priors 0.048, 0.091 and 0.2), or --n_u_sensitive.
 Prints one row per estimate, then the mean absolute error and the interval's coverage per prior.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script
 from configs import CONFIGS, get_config, with_overrides  # noqa: E402
 from utils.cli import DATA_COUNT_ARGS, non_negative_int, seed_value  # noqa: E402
 from utils.data import load_pu_data  # noqa: E402
-from utils.prior import estimate_prior_for_images  # noqa: E402
+from utils.prior_data import estimate_prior_for_images  # noqa: E402
 
 SENSITIVE_PER_NORMAL = (1 / 20, 1 / 10, 1 / 4)   # priors 1/21, 1/11, 1/5
 SEEDS = (0, 1, 2)

@@ -33,7 +33,7 @@ from models import build_noise_scheduler, build_unet  # noqa: E402
 from utils.cli import MIXED_PRECISION, batch_size_or_auto, positive_int  # noqa: E402
 from utils.data import DATA_ON_DEVICE, SCRATCH_CONFIGS  # noqa: E402
 from utils.errors import UsageError, exits_on_usage_error  # noqa: E402
-from utils.sampling import AUTO, generate, resolve_eval_batch_size, sampling_precision  # noqa: E402
+from utils.sampling import AUTO, Sampling, generate, resolve_eval_batch_size, sampling_precision  # noqa: E402
 from utils.training import make_accelerator  # noqa: E402
 
 
@@ -149,11 +149,11 @@ def sample(model, noise_scheduler, config, args, accelerator, flops_per_step, pe
     eval_batch = resolve_eval_batch_size(args.eval_batch_size, model, num_samples=config.num_eval_samples, dtype=dtype)
     n = args.sample_images or eval_batch
     batch = min(eval_batch, n)
-    common = dict(sampler=config.sampler, batch_size=batch, seed=args.seed, dtype=dtype)
-    generate(model, noise_scheduler, num_inference_steps=1, num_samples=batch, **common)
+    common = dict(sampler=config.sampler, batch_size=batch, seed=args.seed)
+    generate(model, noise_scheduler, Sampling(num_inference_steps=1, num_samples=batch, **common), dtype=dtype)
     measure.reset_peak_memory(device)
-    _, seconds = measure.timed(device, lambda: generate(model, noise_scheduler, num_inference_steps=args.sample_steps,
-                                                        num_samples=n, **common))
+    timed = Sampling(num_inference_steps=args.sample_steps, num_samples=n, **common)
+    _, seconds = measure.timed(device, lambda: generate(model, noise_scheduler, timed, dtype=dtype))
     steps = rate(n * args.sample_steps, seconds, flops_per_step, peak)
     return dict(images=n, batch_size=batch, sample_steps=args.sample_steps, sampler=config.sampler,
                 images_per_s=n / seconds, seconds=seconds, image_steps_per_s=steps["images_per_s"], mfu=steps["mfu"],

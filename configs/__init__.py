@@ -42,6 +42,11 @@ AUTO_BETA = "auto"      # --beta auto: estimate the class prior from U and S (ut
 DEFAULT_SEED = 42
 
 
+def is_trainable_beta(beta):
+    """beta in [0, 1): at 1 the PU risk R_N estimates (1 - beta) E_N[L] = 0, nothing of the normal data."""
+    return 0.0 <= beta < 1.0
+
+
 @dataclass(frozen=True)
 class Config:
     """One experiment's data, model, optimisation and sampling settings."""
@@ -62,7 +67,7 @@ class Config:
     max_grad_norm: float = 1.0
     num_train_timesteps: int = 1000
     unet: dict = field(default_factory=lambda: dict(PAPER_UNET))
-    sampler: str = "ddpm"             # ddpm | ddim: the sampler for grids and evaluation
+    sampler: str = "ddpm"             # a name in models.SAMPLERS: the sampler for grids and evaluation
     num_inference_steps: int = 1000
     num_eval_samples: int = 10_000
     pretrained_model: str = ""        # hub id or folder for main-ft.py; empty for from-scratch configs
@@ -84,7 +89,7 @@ MNIST = dict(dataset="MNIST", n_u_normal=25_000, n_u_sensitive=2_500, n_s=2_500,
              batch_size=128, image_size=32, classifier_size=32)
 # Fashion-MNIST: real 28 x 28 photographs in MNIST's format, the offline stand-in for MNIST.
 FASHION_MNIST = dict(MNIST, dataset="FashionMNIST")
-# The CPU-sized companion (issue 11; the README's Fashion-MNIST section): the same data in the
+# The CPU-sized companion (docs/results.md, Fashion-MNIST): the same data in the
 # paper's 10 : 1 : 1 proportions, at 16 px with the digits' UNet, sampled with the paper's DDPM in
 # 1,000 steps. At 32 px, FashionMNIST_clothes_cpu32 (below; 5,640 steps, 46 minutes) drew texture
 # that the class classifier put 49% in Bag. At 16 px, the same Unsupervised model (seed 0) drew
@@ -104,7 +109,7 @@ CELEBA = dict(dataset="CelebA", n_u_normal=2_000, n_u_sensitive=200, n_s=200, nu
               batch_size=16, image_size=256, classifier_size=224,
               pretrained_model="google/ddpm-celebahq-256")
 # Digits: scikit-learn's 1797 images, first 1500 the train split, the rest the test split. The
-# paper's 10 : 1 : 1 proportions; upsampled to 16 px, where the prototype showed PU's effect.
+# paper's 10 : 1 : 1 proportions; upsampled to 16 px, where DESIGN section 6 records PU's effect.
 DIGITS = dict(dataset="Digits", n_u_normal=700, n_u_sensitive=70, n_s=70, num_epochs=100,
               batch_size=32, image_size=16, classifier_size=16, learning_rate=1e-3,
               lr_warmup_steps=100, unet=DIGITS_UNET, sampler="ddim", num_inference_steps=100,
@@ -121,7 +126,7 @@ CONFIGS = {
                                           "n_s": 2_000}, normal_classes=(5, 7, 8, 9), n_test=4000),
     "FashionMNIST_clothes_cpu": Config(**FASHION_MNIST_CPU, normal_classes=(0, 1, 2, 3, 4, 6), n_test=6000),
     "FashionMNIST_accessories_cpu": Config(**FASHION_MNIST_CPU, normal_classes=(5, 7, 8, 9), n_test=4000),
-    # The 32 px setting tried first (issue 11): its Unsupervised baseline did not reproduce the mixture.
+    # The 32 px setting tried first (docs/results.md): its Unsupervised baseline did not reproduce the mixture.
     "FashionMNIST_clothes_cpu32": Config(**FASHION_MNIST_CPU_32PX, normal_classes=(0, 1, 2, 3, 4, 6), n_test=6000),
     "CIFAR10_vehicles": Config(**CIFAR10, normal_classes=(0, 1, 8, 9), n_test=4000),
     "CIFAR10_animals": Config(**CIFAR10, normal_classes=(2, 3, 4, 5, 6, 7), n_test=6000),
@@ -131,7 +136,7 @@ CONFIGS = {
     "CelebA_female": Config(**CELEBA, normal_classes=(0,), n_test=12247),
     "Digits_even": Config(**DIGITS, normal_classes=(0, 2, 4, 6, 8), n_test=145),
     "Digits_odd": Config(**DIGITS, normal_classes=(1, 3, 5, 7, 9), n_test=152),
-    # Ablation: the digits at their native 8 px, where the DESIGN prototype saw PU's effect reversed.
+    # Ablation: the digits at their native 8 px, where DESIGN section 6 records PU's effect reversed.
     "Digits8px_even": Config(**{**DIGITS, "image_size": 8, "classifier_size": 8},
                              normal_classes=(0, 2, 4, 6, 8), n_test=145),
 }

@@ -7,7 +7,8 @@ y = 1 marks a labeled sensitive sample (S) and y = 0 an unlabeled one (U).
 """
 from .denoising import denoising_error
 from .objectives import (ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS, Algorithm, bounded_sensitive_loss,
-                         get_algorithm, get_objective, pu, pu_risks, supervised, unsupervised)
+                         get_algorithm, get_objective, get_objective_with_terms, pu, pu_risks, pu_terms,
+                         supervised, unsupervised)
 
-__all__ = ["denoising_error", "ALGORITHMS", "Algorithm", "get_algorithm", "get_objective", "PU_CORRECTIONS",
-           "DEFAULT_CORRECTION", "bounded_sensitive_loss", "pu_risks", "unsupervised", "supervised", "pu"]
+__all__ = ["denoising_error", "ALGORITHMS", "Algorithm", "get_algorithm", "get_objective", "get_objective_with_terms",
+           "PU_CORRECTIONS", "DEFAULT_CORRECTION", "bounded_sensitive_loss", "pu_risks", "pu_terms", "unsupervised", "supervised", "pu"]

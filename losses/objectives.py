@@ -50,8 +50,9 @@ def pu_risks(L, y, beta):
     return r_s, r_n
 
 
-def pu(L, y, beta, correction=DEFAULT_CORRECTION):
-    """The proposed PU objective R_S + R_N with a non-negativity correction on R_N.
+def pu_terms(L, y, beta, correction=DEFAULT_CORRECTION):
+    """The proposed PU objective R_S + R_N with a non-negativity correction on R_N, and its parts:
+    (loss, {"R_S": R_S, "R_N": R_N}), so the loop logs the risks it trained on without recomputing them.
 
     abs (default): R_S + |R_N|. nn: -R_N when R_N < 0 (climb back to R_N >= 0), else R_S + R_N.
     R_N estimates a non-negative quantity; the corrections stop the model from driving it below
@@ -59,27 +60,41 @@ def pu(L, y, beta, correction=DEFAULT_CORRECTION):
     """
     r_s, r_n = pu_risks(L, y, beta)
     if correction == "abs":
-        return r_s + r_n.abs()
-    if correction == "nn":
+        loss = r_s + r_n.abs()
+    elif correction == "nn":
         # torch.where, not a Python `if`: the same value and gradient without a GPU-to-CPU sync per step.
-        return torch.where(r_n < 0, -r_n, r_s + r_n)
-    raise ValueError(f"unknown PU correction {correction!r}; valid: {', '.join(PU_CORRECTIONS)}")
+        loss = torch.where(r_n < 0, -r_n, r_s + r_n)
+    else:
+        raise ValueError(f"unknown PU correction {correction!r}; valid: {', '.join(PU_CORRECTIONS)}")
+    return loss, dict(R_S=r_s, R_N=r_n)
+
+
+def pu(L, y, beta, correction=DEFAULT_CORRECTION):
+    """The proposed PU objective: R_S + |R_N| (abs) or the nn correction; see `pu_terms`."""
+    return pu_terms(L, y, beta, correction)[0]
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One training algorithm: its objective (L [B], y [B], beta, correction) -> scalar, and whether
-    it uses the class prior beta (runs of the others record beta as 0.0)."""
+    """One training algorithm: its objective (L [B], y [B], beta, correction) -> scalar, whether it
+    uses the class prior beta (runs of the others record beta as 0.0), and optionally the same
+    objective returning (scalar, {name: part}) with the parts worth logging."""
 
     objective: Callable
     uses_beta: bool
+    terms: Callable = None
+
+    def objective_with_terms(self, L, y, beta, correction):
+        if self.terms is not None:
+            return self.terms(L, y, beta, correction)
+        return self.objective(L, y, beta, correction), {}
 
 
 # The single table of algorithms: argparse choices, run keys and the report's row order come from it.
 ALGORITHMS = {
     "Unsupervised": Algorithm(unsupervised, uses_beta=False),
     "Supervised": Algorithm(supervised, uses_beta=False),
-    "PU": Algorithm(pu, uses_beta=True),
+    "PU": Algorithm(pu, uses_beta=True, terms=pu_terms),
 }
 
 
@@ -94,3 +109,9 @@ def get_objective(algorithm, beta, correction=DEFAULT_CORRECTION):
     """The objective of `algorithm` as a function of (L, y), with beta and the correction bound."""
     objective = get_algorithm(algorithm).objective
     return lambda L, y: objective(L, y, beta, correction)
+
+
+def get_objective_with_terms(algorithm, beta, correction=DEFAULT_CORRECTION):
+    """The objective of `algorithm` as a function (L, y) -> (scalar, {name: part to log})."""
+    algorithm = get_algorithm(algorithm)
+    return lambda L, y: algorithm.objective_with_terms(L, y, beta, correction)

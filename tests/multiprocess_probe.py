@@ -8,8 +8,8 @@ interpreter only, the calls that the data, the noise and the gradients pass thro
 - DDPMScheduler.add_noise: the noise and the timesteps drawn for each training batch;
 - a hook on a few UNet parameters: this process's own gradient, before DDP averages it;
 - Accelerator.clip_grad_norm_: the gradient the optimizer steps with, after DDP averaged it;
-- utils.training.get_objective: the beta this process trains with;
-- utils.prior.estimate_prior_for_images (--beta auto): this process's estimate, moved by 0.01 x RANK,
+- utils.training.get_objective_with_terms: the beta this process trains with;
+- utils.prior_data.estimate_prior_for_images (--beta auto): this process's estimate, moved by 0.01 x RANK,
   so that processes that kept their own estimates would train with different betas.
 Each process saves them to RECORD_DIR/process_{RANK}.pt. Nothing in the library knows about this.
 """
@@ -26,7 +26,7 @@ from accelerate import Accelerator  # noqa: E402
 from diffusers import DDPMScheduler  # noqa: E402
 
 import main  # noqa: E402
-import utils.prior  # noqa: E402
+import utils.prior_data  # noqa: E402
 import utils.training  # noqa: E402
 from utils.data import TensorPUDataset  # noqa: E402
 
@@ -39,8 +39,8 @@ WATCHED = ("conv_in.weight", "conv_out.weight", "conv_out.bias")
 def install(record):
     """Wrap the calls listed in the module docstring so that they append to `record`."""
     getitems, add_noise, clip = TensorPUDataset.__getitems__, DDPMScheduler.add_noise, Accelerator.clip_grad_norm_
-    build_unet, get_objective, estimate_prior = main.build_unet, utils.training.get_objective, \
-        utils.prior.estimate_prior_for_images
+    build_unet, get_objective, estimate_prior = main.build_unet, utils.training.get_objective_with_terms, \
+        utils.prior_data.estimate_prior_for_images
     names = {}     # id(parameter) -> name, for the watched ones
 
     def recorded_getitems(self, indices):
@@ -74,8 +74,8 @@ def install(record):
         return replace(estimate, beta=estimate.beta + RANK_OFFSET * int(os.environ["RANK"]))
 
     TensorPUDataset.__getitems__ = recorded_getitems
-    utils.training.get_objective = recorded_get_objective
-    utils.prior.estimate_prior_for_images = rank_moved_estimate
+    utils.training.get_objective_with_terms = recorded_get_objective
+    utils.prior_data.estimate_prior_for_images = rank_moved_estimate
     DDPMScheduler.add_noise = recorded_add_noise
     Accelerator.clip_grad_norm_ = recorded_clip
     main.build_unet = watched_unet

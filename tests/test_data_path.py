@@ -1,4 +1,4 @@
-"""The fast data path (issue 6): materialized tensors equal the per-item transforms, the batched loader
+"""The fast data path: materialized tensors equal the per-item transforms, the batched loader
 yields the per-item loader's batches, the GPU placement rules, and the loop returns the module it
 was given. These run on the CPU also where there is a GPU (tests/conftest.py hides it): the
 placement tests cover every branch that does not allocate on a GPU, and tests/test_gpu.py compares
@@ -17,7 +17,7 @@ from models import build_noise_scheduler
 from utils.data import (DEVICE_DATA_SHARE, LabeledSubset, TensorPUDataset, fits_on_device, image_transform,
                         load_dataset, materialize, place_on_device)
 from utils.errors import UsageError
-from utils.training import TrainingSpec, make_accelerator, make_train_loader, train
+from utils.training import TrainingData, TrainingSpec, make_accelerator, make_train_loader, train
 
 MNIST_PER_CLASS = 4          # 40 training images
 BATCH = 6                    # does not divide 40: the last batch is partial
@@ -136,7 +136,7 @@ def test_train_returns_the_module_it_was_given(bf16_accelerator):
     torch.manual_seed(0)
     config, data = tiny_training()
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
-    trained = train(bf16_accelerator, unet, build_noise_scheduler(config), data,
+    trained = train(bf16_accelerator, unet, build_noise_scheduler(config), TrainingData(data),
                     TrainingSpec(config, "PU", 0.1, correction="abs", seed=0, data_on_device="yes"))
     assert trained is unet
     assert "_original_forward" not in vars(trained), "accelerate's autocast patch was left on forward"
@@ -171,7 +171,8 @@ def test_channels_last_trains_the_same_model():
         unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
         initial = {k: v.clone() for k, v in unet.state_dict().items()}
         spec = TrainingSpec(config, "PU", 0.1, correction="abs", seed=0, channels_last=channels_last)
-        trained[channels_last] = train(Accelerator(cpu=True), unet, build_noise_scheduler(config), data, spec)
+        trained[channels_last] = train(Accelerator(cpu=True), unet, build_noise_scheduler(config), TrainingData(data),
+                                       spec)
         assert trained[channels_last] is unet
     AcceleratorState._reset_state(reset_partial_state=True)
     plain, fast = trained[False].state_dict(), trained[True].state_dict()
@@ -195,7 +196,7 @@ def test_the_loop_releases_its_optimizer_when_it_ends():
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator, before = Accelerator(cpu=True), live_optimizers()
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, **TINY_UNET)
-    trained = train(accelerator, unet, build_noise_scheduler(config), data, TrainingSpec(config, "PU", 0.1))
+    trained = train(accelerator, unet, build_noise_scheduler(config), TrainingData(data), TrainingSpec(config, "PU", 0.1))
     assert trained is unet and live_optimizers() == before
     assert not accelerator._custom_objects        # nothing of this run left registered for checkpointing
     AcceleratorState._reset_state(reset_partial_state=True)

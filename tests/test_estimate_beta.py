@@ -1,4 +1,4 @@
-"""The class prior from U and S on real images (utils/prior.py's glue) and estimate-beta.py (issue 13).
+"""The class prior from U and S on real images (utils/prior_data.py) and estimate-beta.py.
 
 Everything runs offline on scikit-learn's bundled digits (the Digits_even config with small counts,
 a few seconds per estimate on one core) or on a tiny random CLIP (tests/tiny_models.py) for the
@@ -16,8 +16,8 @@ from fixtures import write_coloured_sd_folder
 from tiny_models import load_script, save_tiny_clip
 from utils.data import TensorPUDataset, dataset_spec, load_pu_data
 from utils.errors import UsageError
-from utils.prior import (DEFAULT_DELTA, DEFAULT_FOLDS, best_bin_estimate, estimate_prior_for_images,
-                         estimate_prior_for_sd)
+from utils.prior import DEFAULT_DELTA, DEFAULT_FOLDS, best_bin_estimate
+from utils.prior_data import estimate_prior_for_images, estimate_prior_for_sd
 
 CONFIG_NAME = "Digits_even"
 # 300 normal + 60 sensitive in U (beta* = 1/6), 60 in S: about 3 s per estimate on one busy core.

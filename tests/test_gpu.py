@@ -11,8 +11,8 @@ import torch
 from configs import get_config, with_overrides
 from models import build_noise_scheduler
 from utils.data import TensorPUDataset, place_on_device
-from utils.sampling import AUTO, generate, resolve_eval_batch_size
-from utils.training import TrainingSpec, make_accelerator, make_train_loader, train
+from utils.sampling import AUTO, Sampling, generate, resolve_eval_batch_size
+from utils.training import TrainingData, TrainingSpec, make_accelerator, make_train_loader, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -29,7 +29,7 @@ def test_training_defaults_to_fp16_with_a_grad_scaler_and_trains(tiny_unet):
     # 32 steps: the scaler starts at 2**16 and skips the first steps whose fp16 gradients overflow.
     config = with_overrides(get_config("Digits_even"), image_size=8, batch_size=4, num_epochs=2, lr_warmup_steps=1)
     before = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
-    trained = train(accelerator, tiny_unet, build_noise_scheduler(config), tiny_data(),
+    trained = train(accelerator, tiny_unet, build_noise_scheduler(config), TrainingData(tiny_data()),
                     TrainingSpec(config, "PU", 0.1, seed=0))
     assert trained is tiny_unet
     weights = {k: v.float().cpu() for k, v in trained.state_dict().items()}
@@ -64,8 +64,8 @@ def test_eval_batch_size_auto_probes_the_gpu(tiny_unet):
     # A tiny UNet at 8 px: every image fits at once, up to the cap.
     assert resolve_eval_batch_size(AUTO, unet, num_samples=300, dtype=torch.float16) == 300
     scheduler = build_noise_scheduler(get_config("Digits_even"))
-    common = dict(sampler="ddpm", num_inference_steps=2, num_samples=3, seed=4, dtype=torch.float16)
-    auto = generate(unet, scheduler, batch_size=AUTO, **common)
-    number = generate(unet, scheduler, batch_size=3, **common)
+    common = dict(sampler="ddpm", num_inference_steps=2, num_samples=3, seed=4)
+    auto = generate(unet, scheduler, Sampling(batch_size=AUTO, **common), dtype=torch.float16)
+    number = generate(unet, scheduler, Sampling(batch_size=3, **common), dtype=torch.float16)
     assert auto.shape == (3, 3, 8, 8) and auto.device.type == "cpu"
     torch.testing.assert_close(auto, number, rtol=0, atol=1e-2)     # fp16 kernels may differ run to run

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import losses.objectives
 import main
 import utils.training
 from configs import get_config
@@ -82,6 +83,29 @@ def test_run_saves_an_8x8_grid(finished_run):
     with Image.open(out / "outputs" / "images" / f"{KEY}.png") as grid:
         assert grid.size == (GRID_SIDE, GRID_SIDE)
         assert len(set(grid.convert("L").getdata())) > 10, "the grid holds samples, not a blank image"
+
+
+def test_the_library_runs_an_experiment_without_a_command_line(finished_run, tmp_path):
+    """RunRequest and EvalOptions are all a caller needs: no argparse, and main.py's weights bit for bit."""
+    from diffusers import DDPMPipeline
+    from safetensors.torch import load_file
+
+    from models import build_noise_scheduler, build_unet
+    from utils.evaluation import EvalOptions
+    from utils.experiment import run_pixel_experiment
+    from utils.run import Run, RunRequest
+    from utils.seeding import seed_everything
+    request = RunRequest(seed=42, overrides=dict(num_epochs=1, num_inference_steps=2), output_dir=str(tmp_path))
+    run = Run.resolve(request, "main", "Digits_even", get_config("Digits_even"))
+    assert run.key == KEY
+    seed_everything(run.seed)
+    run_pixel_experiment(run, build_unet(run.config), build_noise_scheduler(run.config), DDPMPipeline,
+                         EvalOptions(num_samples=0))
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    ours = load_file(tmp_path / "checkpoints" / KEY / weights)
+    theirs = load_file(finished_run[0] / "checkpoints" / KEY / weights)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert json.loads((tmp_path / "checkpoints" / KEY / "run_config.json").read_text())["args"] == {}
 
 
 def test_run_logs_loss_and_pu_risks_to_tensorboard(finished_run):
@@ -295,7 +319,7 @@ L_SCALE = 1e-3
 
 def test_pu_correction_nn_changes_what_main_trains(tmp_path, monkeypatch):
     from safetensors.torch import load_file
-    error, risks = utils.training.denoising_error, utils.training.pu_risks
+    error, risks = utils.training.denoising_error, losses.objectives.pu_risks
     negative = []
 
     def recorded_risks(L, y, beta):
@@ -303,7 +327,7 @@ def test_pu_correction_nn_changes_what_main_trains(tmp_path, monkeypatch):
         negative.append(bool(r_n < 0))
         return r_s, r_n
     monkeypatch.setattr(utils.training, "denoising_error", lambda *a, **k: error(*a, **k) * L_SCALE)
-    monkeypatch.setattr(utils.training, "pu_risks", recorded_risks)
+    monkeypatch.setattr(losses.objectives, "pu_risks", recorded_risks)
 
     weights = {}
     for correction, tag in (("abs", ""), ("nn", "_nn")):

@@ -1,4 +1,4 @@
-"""The class-prior estimator of utils/prior.py (best-bin estimation, BBE; issue 13).
+"""The class-prior estimator of utils/prior.py (best-bin estimation, BBE).
 
 Why the tolerances below are what they are. Let e_G = sqrt(log(4 / delta) / (2 n_G)). By the
 DKW inequality, with probability >= 1 - delta the empirical tail shares of U and S are both within

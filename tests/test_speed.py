@@ -1,4 +1,4 @@
-"""Evaluation sampling batched to the largest batch that fits (issue 6): the search, the CPU default,
+"""Evaluation sampling batched to the largest batch that fits: the search, the CPU default,
 "auto" through generate, and the speed options on the command line. The CUDA probe itself needs a
 GPU; the search it drives is tested here with exact predicates."""
 import argparse
@@ -9,7 +9,7 @@ import torch
 from configs import get_config
 from models import build_noise_scheduler
 from utils.cli import add_run_args, batch_size_or_auto
-from utils.sampling import AUTO, CPU_EVAL_PIXELS, generate, largest_fitting, resolve_eval_batch_size
+from utils.sampling import AUTO, CPU_EVAL_PIXELS, Sampling, generate, largest_fitting, resolve_eval_batch_size
 
 
 class Fits:
@@ -48,17 +48,17 @@ def test_cpu_auto_is_a_fixed_size_capped_by_the_samples(tiny_unet):
 def test_generate_with_auto_equals_the_resolved_number(tiny_unet):
     scheduler = build_noise_scheduler(get_config("Digits_even"))
     common = dict(sampler="ddpm", num_inference_steps=2, num_samples=3, seed=4)
-    auto = generate(tiny_unet, scheduler, batch_size=AUTO, **common)
-    number = generate(tiny_unet, scheduler, batch_size=resolve_eval_batch_size(AUTO, tiny_unet, num_samples=3),
-                      **common)
+    auto = generate(tiny_unet, scheduler, Sampling(batch_size=AUTO, **common))
+    number = generate(tiny_unet, scheduler,
+                      Sampling(batch_size=resolve_eval_batch_size(AUTO, tiny_unet, num_samples=3), **common))
     assert auto.shape == (3, 3, 8, 8)
     assert torch.equal(auto, number)
 
 
 def test_generate_progress_counts_denoising_steps_over_all_batches(tiny_unet, capsys):
     scheduler = build_noise_scheduler(get_config("Digits_even"))
-    images = generate(tiny_unet, scheduler, sampler="ddim", num_inference_steps=3, num_samples=5, batch_size=2,
-                      seed=0, desc="probe")
+    images = generate(tiny_unet, scheduler, Sampling("ddim", num_inference_steps=3, num_samples=5, batch_size=2, seed=0),
+                      desc="probe")
     err = capsys.readouterr().err
     assert images.shape[0] == 5
     assert "0/9 " in err and "step" in err          # the bar's total: 3 batches of 3 steps

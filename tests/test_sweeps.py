@@ -22,6 +22,7 @@ from tiny_models import load_script
 from utils.checkpointing import TRAINING_STATE_FILE
 from configs import get_config
 from utils.errors import SIGNAL_EXIT_BASE, USAGE_EXIT_CODE
+from utils.cli import run_request
 from utils.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_overrides_name_the_key_in_a_fixed_order_and_defaults_add_nothing(tmp_pa
 
     def key(*extra):
         args = main.parse_args(["--config_name", "Digits_even", "--seed", "0", "--output_dir", str(tmp_path), *extra])
-        return Run.resolve(args, "main", "Digits_even", get_config("Digits_even")).key
+        return Run.resolve(run_request(args), "main", "Digits_even", get_config("Digits_even")).key
     assert key() == "main_Digits_even_PU_0.1_0"
     assert key("--n_s", "70", "--batch_size", "32") == "main_Digits_even_PU_0.1_0"    # the config's own values
     assert key("--n_s", "30") == "main_Digits_even_PU_0.1_nS30_0"

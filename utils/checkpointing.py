@@ -22,16 +22,13 @@ from safetensors import SafetensorError, safe_open
 
 from utils.errors import UsageError, first_line
 from utils.files import replace_dir
+from utils.records import check_same_settings
 
 STATE_SUFFIX = ".state"                     # checkpoints/{key}.state holds the run's training states
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
 LATEST = "latest"
-# Config fields that only change sampling or evaluation, or say where the data lies (a moved folder
-# holds the same images); every other field must match to resume or to count a run as finished.
-FREE_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size", "clip_model",
-               "data_dir")
 # What accelerate's save_state writes for one model, optimizer, registered schedule and progress.
 STATE_FILES = ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
                "random_states_0.pkl")
@@ -104,23 +101,6 @@ def check_complete(path, state_dir):
     return path
 
 
-def check_settings(path, now):
-    """UsageError unless the training state at `path` was made with the settings `now`."""
-    saved = read_training_state(path)["settings"]
-    for name, value in now.items():
-        if saved.get(name) != value:
-            raise UsageError(f"{path} was made with {name} = {saved.get(name)!r}, this run has {value!r}; "
-                             f"resume with the same settings")
-
-
-def training_settings(config, correction, num_processes, mixed_precision):
-    """What must not change between a run and its resume: the config's training fields, the correction,
-    the process count (it shapes the shards) and the precision."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in FREE_FIELDS}
-    return json.loads(json.dumps(dict(settings, pu_correction=correction, num_processes=num_processes,
-                                      mixed_precision=mixed_precision)))
-
-
 @dataclass
 class Checkpointing:
     """Where and how often one run saves training states, and which one (if any) it resumes from."""
@@ -132,22 +112,22 @@ class Checkpointing:
     resume: Path = None          # the state to load before training, None for a fresh start
     fresh: bool = False          # --overwrite without a resume: the old run's states go first
     resumed_seconds: float = 0.0  # the training time the resumed state carried (0 for a fresh start)
-    auto_beta: dict = None       # --beta auto: {beta, beta_estimate}, saved with every state (Run.settle_beta)
 
     @classmethod
-    def from_args(cls, args, checkpoint_dir, key, settings):
-        """Resolve the checkpointing arguments against the run's `training_settings`; UsageError (before
-        anything is written) when they conflict or the state to resume was made with other settings."""
+    def resolve(cls, checkpoint_dir, key, settings, *, resume=None, every=None, total_limit=None, overwrite=False):
+        """The checkpointing of the run `key` whose pipeline goes to `checkpoint_dir`: save every `every`
+        steps, keep `total_limit` states, resume from `resume` (LATEST or a checkpoint-STEP folder).
+        UsageError (before anything is written) when these conflict or the state to resume was made
+        with other `settings` (utils.records.training_settings)."""
         state_dir = state_dir_for(checkpoint_dir)
-        resume = resolve_resume(getattr(args, "resume_from_checkpoint", None), state_dir, key)
+        resume = resolve_resume(resume, state_dir, key)
         if resume is not None:
-            check_settings(resume, settings)
-        overwrite = getattr(args, "overwrite", False)
+            check_same_settings(read_training_state(resume)["settings"], settings, f"{resume} was",
+                                "resume with the same settings")
         if resume is None and list_checkpoints(state_dir) and not overwrite:
             raise UsageError(f"{state_dir} holds training states of an unfinished run; pass "
                              f"--resume_from_checkpoint latest to continue it or --overwrite to start over")
-        return cls(state_dir=state_dir, key=key, every=getattr(args, "checkpointing_steps", None),
-                   total_limit=getattr(args, "checkpoints_total_limit", None), resume=resume,
+        return cls(state_dir=state_dir, key=key, every=every, total_limit=total_limit, resume=resume,
                    fresh=overwrite and resume is None)
 
     def due(self, step):
@@ -179,8 +159,9 @@ class Checkpointing:
             print(f"resumed from {self.resume}: step {progress.step}, epoch {progress.epoch + 1}, "
                   f"{progress.batch} batches into it, {progress.seconds / 60:.1f} minutes of training before")
 
-    def save(self, accelerator, progress, settings):
-        """Write the training state at progress.step aside, then rename it; keep the newest total_limit."""
+    def save(self, accelerator, progress, settings, auto_beta=None):
+        """Write the training state at progress.step aside, then rename it; keep the newest total_limit.
+        `auto_beta` ({beta, beta_estimate} of --beta auto) is saved with it: a resume trains on with it."""
         final = self.state_dir / f"{CHECKPOINT_PREFIX}{progress.step}"
         tmp = self.state_dir / f".{final.name}.tmp"
         if accelerator.is_main_process:
@@ -192,7 +173,7 @@ class Checkpointing:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             record = dict(key=self.key, step=progress.step, epoch=progress.epoch + 1, batch=progress.batch,
-                          settings=settings, auto_beta=self.auto_beta)
+                          settings=settings, auto_beta=auto_beta)
             (tmp / TRAINING_STATE_FILE).write_text(json.dumps(record, indent=2))
             replace_dir(tmp, final)
             states = list_checkpoints(self.state_dir)
@@ -227,7 +208,7 @@ class TrainingProgress:
         self.clock = time.time()      # when this process began (or resumed) training
 
     def state_dict(self):
-        # A saved state carries the training time up to it, so a run resumed across sessions reports
+        # A saved state carries the training time up to it, so a run resumed by a later process reports
         # its whole training time; the steps lost after the last save are trained again and count once.
         return dict(step=self.step, epoch=self.epoch, batch=self.batch, shuffle_state=self.shuffle_state,
                     stats=self.stats, split=self.split, seconds=self.seconds + time.time() - self.clock)
@@ -249,12 +230,12 @@ def split_state(split):
 class NonFiniteGuard:
     """Stops training at the first step whose loss or gradient norm is inf or NaN.
 
-    Each step records, on the device and without a host sync, the first bad step and its loss, R_S,
-    R_N and gradient norm; `check` reads that record (every step on CPU, every DEVICE_CHECK_INTERVAL
-    steps on a GPU, and always before a save) and returns the message to stop with, or None. Under
-    fp16 the grad scaler expects overflowing gradients now and then (it skips those steps and lowers
-    its scale), so only the loss is watched there. With several processes the records are gathered,
-    so every process stops at the same step.
+    Each step records, on the device and without a host sync, the first bad step and its loss,
+    gradient norm and the objective's logged parts (R_S and R_N for PU); `check` reads that record
+    (every step on CPU, every DEVICE_CHECK_INTERVAL steps on a GPU, and always before a save) and
+    returns the message to stop with, or None. Under fp16 the grad scaler expects overflowing
+    gradients now and then (it skips those steps and lowers its scale), so only the loss is watched
+    there. With several processes the records are gathered, so every process stops at the same step.
     """
 
     def __init__(self, accelerator, algorithm, steps_per_epoch):
@@ -262,13 +243,17 @@ class NonFiniteGuard:
         self.watch_grad = accelerator.scaler is None
         self.every = 1 if accelerator.device.type == "cpu" else DEVICE_CHECK_INTERVAL
         self.first_step = torch.zeros(1, dtype=torch.int64, device=accelerator.device)   # 0: none yet
-        self.first = torch.zeros(4, device=accelerator.device)   # loss, R_S, R_N, grad norm at first_step
+        self.first = None            # loss, grad norm, then the terms, at first_step (made at the first step)
+        self.term_names = ()
 
-    def observe(self, step, loss, r_s, r_n, grad_norm):
+    def observe(self, step, loss, grad_norm, terms):
+        """Record step `step` if it is the first bad one; `terms` ({name: scalar}) are only reported."""
         watch_grad = self.watch_grad and grad_norm is not None
         grad_norm = torch.full_like(loss, float("nan")) if grad_norm is None else grad_norm
-        values = torch.stack([loss.detach(), r_s, r_n, grad_norm.detach()]).float()
-        watched = values[::3] if watch_grad else values[:1]     # loss and grad norm, or the loss
+        values = torch.stack([loss.detach(), grad_norm.detach(), *(v.detach() for v in terms.values())]).float()
+        if self.first is None:
+            self.first, self.term_names = torch.zeros_like(values), tuple(terms)
+        watched = values[:2] if watch_grad else values[:1]     # loss and grad norm, or the loss
         new = (~torch.isfinite(watched).all()) & (self.first_step == 0)
         self.first_step = torch.where(new, step, self.first_step)
         self.first = torch.where(new, values, self.first)
@@ -277,6 +262,8 @@ class NonFiniteGuard:
         return step % self.every == 0
 
     def check(self):
+        if self.first is None:
+            return None
         first_step, first = self.first_step, self.first[None]
         if self.accelerator.num_processes > 1:
             first_step, first = self.accelerator.gather(first_step), self.accelerator.gather(first)
@@ -286,8 +273,8 @@ class NonFiniteGuard:
             return None
         process = int(bad[first_step[bad].argmin()])
         step = int(first_step[process])
-        loss, r_s, r_n, grad_norm = first[process].tolist()
+        loss, grad_norm, *terms = first[process].tolist()
         where = f" on process {process}" if self.accelerator.num_processes > 1 else ""
+        parts = "".join(f"{name}={value:.4g}, " for name, value in zip(self.term_names, terms))
         return (f"non-finite loss or gradient at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}) "
-                f"of {self.algorithm} training{where}: loss={loss:.4g}, R_S={r_s:.4g}, R_N={r_n:.4g}, "
-                f"grad norm={grad_norm:.4g}")
+                f"of {self.algorithm} training{where}: loss={loss:.4g}, {parts}grad norm={grad_norm:.4g}")

@@ -1,25 +1,27 @@
-"""The command line the scripts share: argument types and groups, each option declared once.
+"""The command line the scripts share: argument types and groups, each option declared once, and
+the plain values the library takes from a parsed command line.
 
-Training scripts take `add_run_args` (+ `add_eval_args` for the pixel-space ones); the evaluators
-and make-sd-data.py take the single options they share with them (`add_pretrained_model`,
-`add_num_inference_steps`, `add_output_dir`, `add_eval_args`), so an option has one name, one type
-and one help text everywhere. Bad values fail in argparse (exit 2) before anything runs.
+Training scripts take `add_run_args` (+ `add_eval_args`); the evaluators and make-sd-data.py take
+the single options they share with them (`add_pretrained_model`, `add_num_inference_steps`,
+`add_output_dir`, `add_eval_args`), so an option has one name, one type and one help text
+everywhere. Bad values fail in argparse (exit 2) before anything runs. `run_request` and
+`eval_options` turn the parsed arguments into utils.run.RunRequest and
+utils.evaluation.EvalOptions: argparse goes no further than this module and the entry scripts.
 """
 import argparse
 
-from configs import AUTO_BETA, DEFAULT_BETA, DEFAULT_SEED
+from configs import AUTO_BETA, DEFAULT_BETA, DEFAULT_SEED, is_trainable_beta
 from losses import ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS
 from utils.checkpointing import LATEST
 from utils.data import DATA_ON_DEVICE
+from utils.evaluation import EvalOptions
+from utils.run import DEFAULT_DATA_DIR, RunRequest
 from utils.sampling import AUTO
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SEED_LIMIT = 2 ** 32            # numpy and torch seeds must lie in [0, 2**32)
-
-
-def is_trainable_beta(beta):
-    """beta in [0, 1): at 1 the PU risk R_N estimates (1 - beta) E_N[L] = 0, nothing of the normal data."""
-    return 0.0 <= beta < 1.0
+DATA_DIR_HELP = ("data root: torchvision datasets are read from here, and downloaded here on first use "
+                 "(default: %(default)s)")
 
 
 def beta_value(text):
@@ -87,8 +89,10 @@ def add_pretrained_model(parser, default=None, help="hub id or saved pipeline fo
     parser.add_argument("--pretrained_model", default=default, help=help)
 
 
-def add_run_args(parser, configs=None, default_config=None):
-    """The arguments every training script takes; `configs` are the config names it supports."""
+def add_run_args(parser, configs=None, default_config=None, data_dir=DEFAULT_DATA_DIR, data_dir_help=DATA_DIR_HELP,
+                 data_on_device=True):
+    """The arguments every training script takes; `configs` are the config names it supports.
+    `data_on_device` offers --data_on_device (only scripts that hold their images as one tensor)."""
     if configs is not None:
         parser.add_argument("--config_name", default=default_config, choices=configs,
                             help="experiment from the config registry (default: %(default)s)")
@@ -106,9 +110,7 @@ def add_run_args(parser, configs=None, default_config=None):
     for name, kind in TRAINING_OVERRIDES.items():
         parser.add_argument(f"--{name}", type=kind, help="default: the config's")
     add_num_inference_steps(parser)
-    parser.add_argument("--data_dir", default="datasets",
-                        help="data folder: torchvision datasets download here; main-sd.py reads "
-                             "0_unlabeled/ and 1_positive/ from it (default: %(default)s)")
+    parser.add_argument("--data_dir", default=data_dir, help=data_dir_help)
     add_output_dir(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
     state = parser.add_argument_group("training states (resume after a crash or a preemption)")
@@ -127,23 +129,27 @@ def add_run_args(parser, configs=None, default_config=None):
     gpu.add_argument("--channels_last", action="store_true", help="channels_last memory format for the UNet")
     gpu.add_argument("--compile", action="store_true",
                      help="torch.compile the UNet for training; the first steps pay for the compilation")
-    gpu.add_argument("--data_on_device", choices=DATA_ON_DEVICE, default="auto",
-                     help="keep the training images on the GPU: auto (when they take at most a quarter of "
-                          "its free memory), yes or no (default: auto)")
+    if data_on_device:
+        gpu.add_argument("--data_on_device", choices=DATA_ON_DEVICE, default="auto",
+                         help="keep the training images on the GPU: auto (when they take at most a quarter of "
+                              "its free memory), yes or no (default: auto)")
     return parser
 
 
 def add_eval_args(parser, default_samples=None, allow_zero=True, pixel=True):
     """How many images an evaluation draws; `--num_samples` is an alias of `--num_eval_samples`.
 
-    `pixel` adds the sampling batch and the local-weights options of the pixel-space evaluation.
+    `pixel` adds the sampling batch and the local-weights options of the pixel-space evaluation;
+    without it the group is Stable Diffusion's CLIP evaluation.
     """
-    evaluation = parser.add_argument_group("evaluation (non-sensitive rate and FID)")
+    title = "evaluation (non-sensitive rate, FID and the class classifier's measures)" if pixel else \
+        "evaluation (the share of each prompt's samples that CLIP judges sensitive)"
+    evaluation = parser.add_argument_group(title)
     default = "the config's num_eval_samples" if default_samples is None else "%(default)s"
+    what = "generated images to evaluate" if pixel else "images per prompt judged by CLIP"
     evaluation.add_argument("--num_eval_samples", "--num_samples", dest="num_eval_samples",
                             type=non_negative_int if allow_zero else positive_int, default=default_samples,
-                            help=f"generated images to evaluate{'; 0 skips the evaluation' if allow_zero else ''} "
-                                 f"(default: {default})")
+                            help=f"{what}{'; 0 skips the evaluation' if allow_zero else ''} (default: {default})")
     if pixel:
         evaluation.add_argument("--eval_batch_size", type=batch_size_or_auto, default=AUTO,
                                 help="images per sampling batch: a number, or auto (the largest that fits on "
@@ -152,3 +158,25 @@ def add_eval_args(parser, default_samples=None, allow_zero=True, pixel=True):
                                 help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
         evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
     return parser
+
+
+def run_request(args, **script_overrides):
+    """The RunRequest of a training script's parsed arguments; `script_overrides` are config fields
+    that only this script's options set (main-sd.py's --resolution, say). None leaves a field as is."""
+    named = {k: getattr(args, k, None) for k in (*DATA_COUNT_ARGS, *TRAINING_OVERRIDES, "num_inference_steps")}
+    overrides = {k: v for k, v in {**named, **script_overrides}.items() if v is not None}
+    return RunRequest(algorithm=args.algorithm, beta=args.beta, seed=args.seed, pu_correction=args.pu_correction,
+                      overrides=overrides, data_dir=args.data_dir, output_dir=args.output_dir, overwrite=args.overwrite,
+                      resume_from_checkpoint=args.resume_from_checkpoint, checkpointing_steps=args.checkpointing_steps,
+                      checkpoints_total_limit=args.checkpoints_total_limit, mixed_precision=args.mixed_precision,
+                      allow_tf32=args.allow_tf32, channels_last=args.channels_last, compile=args.compile,
+                      data_on_device=getattr(args, "data_on_device", "auto"), command_line=dict(vars(args)))
+
+
+def eval_options(args, data_dir=None):
+    """The EvalOptions of a script's parsed evaluation arguments (add_eval_args, and evaluate.py's
+    --sampler and --num_inference_steps)."""
+    return EvalOptions(num_samples=args.num_eval_samples, batch_size=getattr(args, "eval_batch_size", AUTO),
+                       sampler=getattr(args, "sampler", None), num_inference_steps=getattr(args, "num_inference_steps", None),
+                       data_dir=data_dir, classifier_weights=getattr(args, "classifier_weights", None),
+                       inception_weights=getattr(args, "inception_weights", None))

@@ -20,13 +20,10 @@ penultimate features against the same normal-only test set: `fd_classes`, `preci
 (k = 3), and each class's share of the samples (`share_{class id}`; `sensitive_share` sums the
 sensitive classes'), so a model that drops a normal class or draws noise shows it.
 """
-import json
-import platform
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from configs import Config
@@ -34,13 +31,43 @@ from utils.classifier import CLASSES, PREDICT_BATCH, check_classifier_weights, c
     features_and_predictions, load_or_train_classifier, num_outputs, predict_normal
 from utils.data import normal_test_set
 from utils.errors import UsageError, first_line
-from utils.files import PIPELINE_INDEX, RESULTS_DIR, RUN_CONFIG_FILE, write_json_atomically
+from utils.files import RESULTS_DIR, write_json_atomically
 from utils.metrics import ClassifierFeatures, batches, class_quality, frechet_distances, frechet_metric, \
     inception_metric_or_reason, non_sensitive_rate
+from utils.records import config_from_record, pixel_result_record, read_run_record, unreadable
 from utils.run import Run
-from utils.sampling import generate, resolve_eval_batch_size
+from utils.sampling import AUTO, Sampling, generate, resolve_eval_batch_size
 
 EVALUABLE_SCRIPTS = ("main", "main_ft")      # pixel-space checkpoints; main_sd has evaluate-sd.py
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation samples and judges; None everywhere means the run's own setting."""
+
+    num_samples: int = None          # None: the config's num_eval_samples; 0 skips the evaluation
+    batch_size: object = AUTO        # images per sampling batch, or AUTO (utils.sampling)
+    sampler: str = None              # another sampler or step count tags the result key
+    num_inference_steps: int = None
+    data_dir: str = None             # the data root of the test set and the judges' training data
+    classifier_weights: str = None   # local ImageNet ResNet-18 weights for the judges
+    inception_weights: str = None    # local torch-fidelity Inception weights for FID
+
+    def samples_for(self, config):
+        return config.num_eval_samples if self.num_samples is None else self.num_samples
+
+
+@dataclass
+class Judges:
+    """The judges of one config's samples: the sensitivity classifier, the class classifier (each
+    with its training record) and the normal-only test set they are compared against."""
+
+    config: Config
+    classifier: torch.nn.Module
+    meta: dict
+    class_classifier: torch.nn.Module
+    class_meta: dict
+    reference: object
 
 
 def check_eval_args(classifier_weights=None, inception_weights=None):
@@ -51,31 +78,22 @@ def check_eval_args(classifier_weights=None, inception_weights=None):
                          f"weights-inception-2015-12-05-6726825d.pth or leave it out")
 
 
-def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, num_inference_steps, batch_size,
-             data_dir, output_dir, device, dtype=None, reference=None, classifier_weights=None,
-             inception_weights=None):
-    """Sample `num_samples` images with config.sampler and measure them; returns the result fields.
-
-    `batch_size` (a number or "auto") batches the sampling; the classifier and the Frechet features
-    take PREDICT_BATCH images at a time. `reference` is the normal-only test set (loaded from
-    `data_dir` when None); the classifier is loaded from or cached into output_dir/checkpoints/classifiers/.
-    """
-    device = torch.device(device)
-    times, start = {}, time.time()
+def load_judges(config_name, config, data_dir, output_dir, device, classifier_weights=None, reference=None):
+    """The Judges of `config`: classifiers loaded from, or trained and cached into,
+    output_dir/checkpoints/classifiers/; `reference` (the normal-only test set) loaded from `data_dir`
+    when None."""
     classifier, meta = load_or_train_classifier(config_name, config, data_dir, output_dir, device, classifier_weights)
     judge, judge_meta = load_or_train_classifier(config_name, config, data_dir, output_dir, device, classifier_weights,
                                                  task=CLASSES)
     reference = reference if reference is not None else normal_test_set(config, data_dir)
-    times["classifier_s"] = round(time.time() - start, 1)
+    return Judges(config, classifier, meta, judge, judge_meta, reference)
 
-    start = time.time()
-    batch_size = resolve_eval_batch_size(batch_size, unet, num_samples=num_samples, dtype=dtype)
-    images = generate(unet, noise_scheduler, sampler=config.sampler, num_inference_steps=num_inference_steps,
-                      num_samples=num_samples, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
-                      desc=f"evaluation samples ({num_samples})")
-    times["sampling_s"] = round(time.time() - start, 1)
 
-    start = time.time()
+def judge_samples(images, judges, device, inception_weights=None):
+    """The measures of `images` ([N, C, H, W] in [0, 1]): the non-sensitive rate, the Frechet
+    distances (FID where Inception can be had) and the class classifier's quality measures.
+    Returns (metrics, fid_error)."""
+    classifier, judge, reference = judges.classifier, judges.class_classifier, judges.reference
     rate = non_sensitive_rate(predict_normal(classifier, images, device, PREDICT_BATCH))
     inception, fid_error = inception_metric_or_reason(inception_weights)
     metrics = dict(fd_classifier=frechet_metric(ClassifierFeatures(classifier)))
@@ -86,59 +104,56 @@ def evaluate(unet, noise_scheduler, *, config_name, config, seed, num_samples, n
     generated, predicted = features_and_predictions(judge, batches(images, PREDICT_BATCH), device)
     reference_features, _ = features_and_predictions(
         judge, (x for x, _ in classifier_loader(reference, PREDICT_BATCH, device)), device)
-    quality = class_quality(generated, reference_features, predicted, config.normal_classes,
-                            num_outputs(config, CLASSES))
+    quality = class_quality(generated, reference_features, predicted, judges.config.normal_classes,
+                            num_outputs(judges.config, CLASSES))
+    return dict(non_sensitive_rate=rate, classifier_accuracy=judges.meta["test_accuracy"],
+                fid=distances.get("fid"), fd_classifier=distances["fd_classifier"],
+                class_accuracy=judges.class_meta["test_accuracy"], **quality), fid_error
+
+
+def evaluate(unet, noise_scheduler, sampling, judges, *, dtype=None, inception_weights=None):
+    """Draw images as `sampling` (a utils.sampling.Sampling) says and measure them with `judges`;
+    returns the result fields. An AUTO batch size is resolved first (and recorded)."""
+    device = next(unet.parameters()).device
+    start = time.time()
+    batch_size = resolve_eval_batch_size(sampling.batch_size, unet, num_samples=sampling.num_samples, dtype=dtype)
+    images = generate(unet, noise_scheduler, replace(sampling, batch_size=batch_size), dtype=dtype,
+                      desc=f"evaluation samples ({sampling.num_samples})")
+    times = dict(sampling_s=round(time.time() - start, 1))
+    start = time.time()
+    metrics, fid_error = judge_samples(images, judges, device, inception_weights)
     times["metrics_s"] = round(time.time() - start, 1)
     if fid_error:
         print(f"note: FID not computed ({fid_error}); fd_classifier stands in for it")
-    return dict(metrics=dict(non_sensitive_rate=rate, classifier_accuracy=meta["test_accuracy"],
-                             fid=distances.get("fid"), fd_classifier=distances["fd_classifier"],
-                             class_accuracy=judge_meta["test_accuracy"], **quality),
-                fid_error=fid_error, n_reference=len(reference), eval_batch_size=batch_size, classifier=meta,
-                class_classifier=judge_meta, times=times)
+    return dict(metrics=metrics, fid_error=fid_error, n_reference=len(judges.reference), eval_batch_size=batch_size,
+                classifier=judges.meta, class_classifier=judges.class_meta, times=times)
 
 
-def package_versions():
-    import diffusers
-    import torch_fidelity
-    import torchmetrics
-    import torchvision
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                diffusers=diffusers.__version__, torchmetrics=torchmetrics.__version__,
-                torch_fidelity=torch_fidelity.__version__, numpy=np.__version__)
-
-
-def evaluate_and_save(run, unet, noise_scheduler, *, num_samples, batch_size, data_dir, device, dtype=None,
-                      num_inference_steps=None, sampler=None, reference=None, classifier_weights=None,
-                      inception_weights=None, output_dir=None, checkpoint=None):
-    """`evaluate` the model of `run` (a utils.run.Run) and write {output_dir}/outputs/results/{key}.json.
-
-    `num_inference_steps` and `sampler` default to the run's; others tag the key (Run.result_key).
-    `output_dir` defaults to the run's root, `checkpoint` (recorded) to its checkpoint folder.
+def evaluate_and_save(run, unet, noise_scheduler, options, *, dtype=None, reference=None, checkpoint=None):
+    """`evaluate` the model of `run` (a utils.run.Run) with `options` (EvalOptions) and write
+    {run.root}/outputs/results/{key}.json. The sampler and step count default to the run's; others
+    tag the key (Run.result_key). `checkpoint` (recorded) defaults to the run's checkpoint folder.
     Returns (path, result).
     """
     started = time.time()
-    config = replace(run.config, sampler=sampler or run.config.sampler)
-    steps = num_inference_steps or config.num_inference_steps
-    evaluation = evaluate(unet, noise_scheduler, config_name=run.config_name, config=config, seed=run.seed,
-                          num_samples=num_samples, num_inference_steps=steps, batch_size=batch_size,
-                          data_dir=data_dir, output_dir=output_dir or run.root, device=device, dtype=dtype,
-                          reference=reference, classifier_weights=classifier_weights,
-                          inception_weights=inception_weights)
-    evaluation["times"].update(total_s=round(time.time() - started, 1), train_s=run.elapsed())
-    key = run.result_key(steps, config.sampler)
-    result = dict(key=key, script=run.script, run_key=run.key, checkpoint=str(checkpoint or run.checkpoint_dir),
-                  config_name=run.config_name, dataset=config.dataset, algorithm=run.algorithm,
-                  beta=run.beta, beta_estimate=run.beta_estimate, seed=run.seed, pu_correction=run.pu_correction,
-                  key_tags=list(run.tags),
-                  n_u_normal=config.n_u_normal, n_u_sensitive=config.n_u_sensitive, n_s=config.n_s,
-                  sampler=config.sampler, num_inference_steps=steps, num_samples=num_samples,
-                  device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",
-                  **evaluation, versions=package_versions())
-    path = write_json_atomically(Path(output_dir or run.root) / RESULTS_DIR / f"{key}.json", result)
+    config = replace(run.config, sampler=options.sampler or run.config.sampler,
+                     num_inference_steps=options.num_inference_steps or run.config.num_inference_steps)
+    num_samples = options.samples_for(run.config)
+    device = next(unet.parameters()).device
+    judges = load_judges(run.config_name, config, options.data_dir or run.data_dir, run.root, device,
+                         options.classifier_weights, reference)
+    classifier_s = round(time.time() - started, 1)
+    sampling = Sampling(config.sampler, config.num_inference_steps, num_samples, options.batch_size, run.seed)
+    evaluation = evaluate(unet, noise_scheduler, sampling, judges, dtype=dtype,
+                          inception_weights=options.inception_weights)
+    evaluation["times"] = dict(classifier_s=classifier_s, **evaluation["times"],
+                               total_s=round(time.time() - started, 1), train_s=run.elapsed())
+    result = pixel_result_record(run, config, evaluation, num_samples=num_samples, device=device, dtype=dtype,
+                                 checkpoint=checkpoint or run.checkpoint_dir)
+    path = write_json_atomically(run.root / RESULTS_DIR / f"{result['key']}.json", result)
     m = result["metrics"]
     fid = f"FID {m['fid']:.2f}" if m["fid"] is not None else "FID n/a"
-    print(f"{key}: non-sensitive rate {m['non_sensitive_rate']:.4f} (classifier accuracy "
+    print(f"{result['key']}: non-sensitive rate {m['non_sensitive_rate']:.4f} (classifier accuracy "
           f"{m['classifier_accuracy']:.4f}), {fid}, fd_classifier {m['fd_classifier']:.3f}; class classifier: "
           f"fd_classes {m['fd_classes']:.3f}, precision {fmt(m['precision'])}, recall {fmt(m['recall'])}, "
           f"sensitive share {m['sensitive_share']:.3f}; on {num_samples} samples; saved {path}")
@@ -149,33 +164,14 @@ def fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def config_from_record(record):
-    """The Config a run recorded (JSON turned its tuples into lists; fields added since keep their defaults)."""
-    known = {f.name for f in fields(Config)}
-    values = {k: v for k, v in record["config"].items() if k in known}
-    values["normal_classes"] = tuple(values["normal_classes"])
-    values["unet"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.get("unet", {}).items()}
-    return Config(**values)
-
-
 def read_checkpoint_run(checkpoint, root):
     """(Run, run record) of a checkpoint folder main.py or main-ft.py wrote, the Run's outputs going
     under `root`; a UsageError otherwise."""
-    checkpoint = Path(checkpoint)
-    record_file = checkpoint / RUN_CONFIG_FILE
-    if not checkpoint.is_dir() or not record_file.is_file() or not (checkpoint / PIPELINE_INDEX).is_file():
-        raise UsageError(f"{checkpoint} is not a checkpoint folder (it needs {RUN_CONFIG_FILE} and {PIPELINE_INDEX}); "
-                         f"pass a checkpoints/main_* folder that main.py or main-ft.py wrote")
+    record = read_run_record(checkpoint, EVALUABLE_SCRIPTS)
     try:
-        record = json.loads(record_file.read_text())
-        script = record.get("script")
-        if script not in EVALUABLE_SCRIPTS:
-            raise UsageError(f"{checkpoint} was written by {script}; evaluate.py evaluates main.py and main-ft.py "
-                             f"checkpoints (use evaluate-sd.py for main-sd.py)")
         return Run.from_record(record, config_from_record(record), root), record
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
-        raise UsageError(f"{record_file} is unreadable or incomplete ({type(e).__name__}: {e}); "
-                         f"re-run the training that wrote it")
+    except (AttributeError, KeyError, TypeError) as e:
+        raise unreadable(Path(checkpoint) / "run_config.json", e)
 
 
 def load_checkpoint_model(checkpoint, device):

@@ -17,6 +17,7 @@ from losses import ALGORITHMS
 from utils.data import DATASETS
 from utils.errors import UsageError
 from utils.metrics import SHARE_PREFIX
+from utils.records import tagged_value, without_tag
 
 ALGORITHM_ORDER = tuple(ALGORITHMS)      # rows in the algorithm table's order
 RATE, ACCURACY, FID, FD_CLASSIFIER = "non_sensitive_rate", "classifier_accuracy", "fid", "fd_classifier"
@@ -91,9 +92,9 @@ def n_s_of(r):
     else (a default run) its config's own; None for a config this registry does not know."""
     if r.get("n_s") is not None:
         return r["n_s"]
-    tagged = [t for t in tags_of(r) if t.startswith("nS")]
-    if tagged:
-        return int(tagged[0][len("nS"):])
+    tagged = tagged_value(tags_of(r), "n_s")
+    if tagged is not None:
+        return tagged
     config = CONFIGS.get(r["config_name"])
     return getattr(config, "n_s", None)
 
@@ -265,7 +266,7 @@ def sweeps(results, x_of, group_of):
 
 
 def without_n_s(tags):
-    return tuple(t for t in tags if not t.startswith("nS"))
+    return without_tag(tags, "n_s")
 
 
 def group_label(column, group):

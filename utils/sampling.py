@@ -1,11 +1,12 @@
 """Drawing images from a trained UNet: batched, seeded, in inference mode, and the grids we save."""
 import math
+from dataclasses import dataclass
 
 import torch
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from models import build_sampler
+from models import build_sampler, sampler_spec
 
 GRID_SAMPLES = 64   # an 8 x 8 grid, as in the paper's figures
 HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -25,6 +26,18 @@ MAX_EVAL_BATCH_SIZE = 4096
 EVAL_MEMORY_MARGIN = 0.9
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How images are drawn: the sampler and its step count, how many images, in what batches (a
+    number, or AUTO), from which seed."""
+
+    sampler: str
+    num_inference_steps: int
+    num_samples: int
+    batch_size: object = AUTO
+    seed: int = 0
+
+
 def sampling_precision(device=None, mixed_precision=None):
     """(device, autocast dtype or None) for sampling, decided here for every script.
 
@@ -38,23 +51,25 @@ def sampling_precision(device=None, mixed_precision=None):
 
 
 @torch.inference_mode()
-def generate(unet, noise_scheduler, *, sampler, num_inference_steps, num_samples, batch_size, seed,
-             device=None, dtype=None, desc="sampling", to_images=None):
-    """`num_samples` images in [0, 1] as a float32 CPU tensor [N, C, H, W].
+def generate(unet, noise_scheduler, sampling, *, dtype=None, desc="sampling", to_images=None):
+    """`sampling.num_samples` images in [0, 1] as a float32 CPU tensor [N, C, H, W], drawn on the
+    UNet's device as `sampling` (a Sampling) says.
 
-    Initial noise and the DDPM step noise come from a CPU generator seeded by `seed`, so the same
-    seed gives the same images on any device (up to floating-point differences). The noise is drawn
-    batch by batch, so the images also depend on `batch_size`; "auto" (`resolve_eval_batch_size`)
-    picks it from the free memory, so pass a number where samples must match across machines.
-    `dtype` (e.g. torch.float16 on CUDA) runs the UNet under autocast. `to_images` maps the final
-    sample to pixel space in [-1, 1] (a VAE decode for latent models); identity by default.
+    `sampling.sampler` is a name in models.SAMPLERS. Initial noise and the step noise of the
+    stochastic samplers come from a CPU generator seeded by `sampling.seed`, so the same seed gives
+    the same images on any device (up to floating-point differences). The noise is drawn batch by
+    batch, so the images also depend on the batch size; AUTO (`resolve_eval_batch_size`) picks it
+    from the free memory, so pass a number where samples must match across machines. `dtype` (e.g.
+    torch.float16 on CUDA) runs the UNet under autocast. `to_images` maps the final sample to pixel
+    space in [-1, 1] (a VAE decode for latent models); identity by default.
     """
-    device = device or next(unet.parameters()).device
-    if batch_size == AUTO:
-        batch_size = resolve_eval_batch_size(AUTO, unet, num_samples=num_samples, dtype=dtype)
-    scheduler = build_sampler(noise_scheduler, sampler)
+    device = next(unet.parameters()).device
+    num_samples, num_inference_steps = sampling.num_samples, sampling.num_inference_steps
+    batch_size = resolve_eval_batch_size(sampling.batch_size, unet, num_samples=num_samples, dtype=dtype)
+    scheduler = build_sampler(noise_scheduler, sampling.sampler)
     scheduler.set_timesteps(num_inference_steps)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    step_kwargs = sampler_spec(sampling.sampler).step_arguments(generator)
     size = unet.config.sample_size
     shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
     was_training = unet.training
@@ -65,11 +80,14 @@ def generate(unet, noise_scheduler, *, sampler, num_inference_steps, num_samples
               leave=False) as progress:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            x = torch.randn((n, *shape), generator=generator).to(device)
+            # Multistep and Heun schedulers keep a history within a trajectory; each batch starts afresh.
+            scheduler.set_timesteps(num_inference_steps)
+            # Samplers in sigma space (Euler, Heun) start from noise of std sigma_max; DDPM's sigma is 1.
+            x = torch.randn((n, *shape), generator=generator).to(device) * scheduler.init_noise_sigma
             for t in scheduler.timesteps:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    eps = unet(x, t).sample
-                x = scheduler.step(eps.float(), t, x, generator=generator).prev_sample
+                    eps = unet(scheduler.scale_model_input(x, t), t).sample
+                x = scheduler.step(eps.float(), t, x, **step_kwargs).prev_sample
                 progress.update()
             if to_images is not None:
                 x = to_images(x)

@@ -7,7 +7,6 @@ Image i of every prompt is drawn from its own generator seeded with seed + i, so
 samples are the grid whatever N is, and results do not depend on the batch size.
 """
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -90,26 +89,6 @@ def save_prompt_grids(images, config, image_dir, key):
     return [save_grid_images(images[p.name][:config.grid_samples], Path(image_dir) / f"{key}_{p.name}.png",
                              nrow=math.isqrt(config.grid_samples))
             for p in config.sample_prompts]
-
-
-def results_record(run, config, metrics, num_samples, clip_model, times, sampler):
-    """The results JSON shared with report.py: the run's identity, settings, metrics and versions.
-
-    `config` is the run's config as sampled (evaluate-sd.py may change the step count, which then
-    tags the key: Run.result_key).
-    """
-    import diffusers
-    import transformers
-    return dict(key=run.result_key(config.num_inference_steps), run_key=run.key, script=run.script,
-                config_name=run.config_name, algorithm=run.algorithm, beta=run.beta,
-                beta_estimate=run.beta_estimate, seed=run.seed,
-                pu_correction=run.pu_correction, key_tags=list(run.tags),
-                sampler=sampler, num_inference_steps=config.num_inference_steps,
-                guidance_scale=config.guidance_scale, num_samples=num_samples, clip_model=clip_model,
-                clip_labels=list(config.clip_labels), prompts={p.metric: p.prompt for p in config.sample_prompts},
-                metrics=metrics, times=times,
-                versions=dict(python=platform.python_version(), torch=torch.__version__,
-                              diffusers=diffusers.__version__, transformers=transformers.__version__))
 
 
 def write_results(root, record):

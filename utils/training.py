@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from accelerate import Accelerator, skip_first_batches
@@ -18,10 +19,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from configs import DEFAULT_SEED
-from losses import DEFAULT_CORRECTION, denoising_error, get_algorithm, get_objective, pu_risks
-from utils.checkpointing import LATEST, NonFiniteGuard, TrainingProgress, split_state, training_settings
+from losses import DEFAULT_CORRECTION, denoising_error, get_objective_with_terms
+from utils.checkpointing import LATEST, NonFiniteGuard, TrainingProgress, split_state
 from utils.data import collate_batch, place_on_device
 from utils.errors import TrainingDiverged, TrainingInterrupted, UsageError
+from utils.records import training_settings
 from utils.seeding import seed_everything
 
 # The progress bar shows the loss every this many steps: reading it syncs a GPU with the host.
@@ -57,9 +59,15 @@ class TrainingSpec:
     channels_last: bool = False
     compile: bool = False
     data_on_device: str = "auto"
+    beta_estimate: dict = None           # --beta auto: how beta was estimated (utils.prior.PriorEstimate.to_record)
+
+    @property
+    def auto_beta(self):
+        """{beta, beta_estimate} for a training state where beta was estimated, else None."""
+        return dict(beta=self.beta, beta_estimate=self.beta_estimate) if self.beta_estimate else None
 
     def settings(self, accelerator):
-        """What a resume must match (utils.checkpointing.training_settings)."""
+        """What a resume must match (utils.records.training_settings)."""
         return training_settings(self.config, self.correction, accelerator.num_processes,
                                  accelerator.mixed_precision)
 
@@ -68,6 +76,22 @@ def images_to_model_input(batch):
     """Pixel-space scripts: a batch is (images in [-1, 1], y) and needs no conditioning."""
     x0, y = batch
     return x0, None, y
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the loop trains on: a dataset of (item, y) and how a batch becomes model input.
+
+    `to_model_input` turns a loader batch into (x0, cond, y): the identity for pixel-space images, VAE
+    latents and text embeddings for Stable Diffusion (utils.sd.make_sd_model_input). `split` (the PU
+    split, utils.data.PUSplit) is saved with every training state, so a resume on other data fails
+    loudly; `num_workers` loader processes decode items that are not held as one tensor.
+    """
+
+    dataset: object
+    to_model_input: Callable = images_to_model_input
+    split: object = None
+    num_workers: int = 0
 
 
 def make_train_loader(dataset, batch_size, seed, num_workers=0):
@@ -198,6 +222,7 @@ def interrupted(signum, step, saved):
 class Session:
     """A prepared training run: what `prepare` built and the loop reads."""
 
+    spec: TrainingSpec
     model: torch.nn.Module                  # prepared (and maybe compiled)
     params: list                            # the parameters the optimizer updates and clips
     optimizer: torch.optim.Optimizer
@@ -207,17 +232,21 @@ class Session:
     progress: TrainingProgress
     guard: NonFiniteGuard
     settings: dict
+    objective: Callable                     # (L, y) -> (loss, {name: part to log})
+    noise_scheduler: object
+    to_model_input: Callable
+    checkpointing: object = None            # utils.checkpointing.Checkpointing, or None to save nothing
 
 
-def prepare(accelerator, model, dataset, spec, *, num_workers=0, trainable_parameters=None, checkpointing=None,
-            split=None):
-    """Optimizer, schedule, loader, progress and guard for `spec`; loads the state to resume from."""
+def prepare(accelerator, model, noise_scheduler, data, spec, *, trainable_parameters=None, checkpointing=None):
+    """Optimizer, schedule, loader, progress and guard for `spec` on `data` (a TrainingData); loads the
+    state to resume from."""
     config = spec.config
     params = list(trainable_parameters if trainable_parameters is not None else model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay,
                                   fused=accelerator.device.type == "cuda")
-    dataset = place_on_device(dataset, accelerator.device, spec.data_on_device)
-    loader = make_train_loader(dataset, config.batch_size, spec.seed, num_workers)
+    dataset = place_on_device(data.dataset, accelerator.device, spec.data_on_device)
+    loader = make_train_loader(dataset, config.batch_size, spec.seed, data.num_workers)
     shuffle = loader.sampler.generator
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -235,13 +264,14 @@ def prepare(accelerator, model, dataset, spec, *, num_workers=0, trainable_param
         seed_everything(spec.seed + accelerator.process_index)
     # The schedule is not prepared (accelerate would step it once per process per step), so it is
     # registered for save_state / load_state by hand, beside the loop's own progress.
-    progress = TrainingProgress(split_state(split))
+    progress = TrainingProgress(split_state(data.split))
     accelerator.register_for_checkpointing(lr_scheduler, progress)
     if checkpointing is not None:
         checkpointing.start(accelerator, progress)
     guard = NonFiniteGuard(accelerator, spec.algorithm, len(loader))
-    return Session(model, params, optimizer, lr_scheduler, loader, shuffle, progress, guard,
-                   spec.settings(accelerator))
+    return Session(spec, model, params, optimizer, lr_scheduler, loader, shuffle, progress, guard,
+                   spec.settings(accelerator), get_objective_with_terms(spec.algorithm, spec.beta, spec.correction),
+                   noise_scheduler, data.to_model_input, checkpointing)
 
 
 def epoch_batches(session, epoch, device):
@@ -255,39 +285,36 @@ def epoch_batches(session, epoch, device):
     return session.loader, EpochStats()
 
 
-def log_epoch(accelerator, session, spec, stats, epoch, writer):
-    """Print the epoch's means and send them to TensorBoard (R_S and R_N only where beta is used)."""
+def log_epoch(accelerator, session, stats, epoch, writer):
+    """Print the epoch's means and send them to TensorBoard: the loss, the objective's parts (R_S and
+    R_N for PU), the sensitive count per batch and the learning rate."""
     means = stats.means(accelerator)
     if not accelerator.is_main_process:
         return
-    print(f"epoch {epoch + 1}/{spec.config.num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    print(f"epoch {epoch + 1}/{session.spec.config.num_epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()))
     if writer is None:
         return
-    uses_beta = get_algorithm(spec.algorithm).uses_beta
     for k, v in means.items():
-        if uses_beta or k not in ("R_S", "R_N"):
-            writer.add_scalar(f"train/{k}", v, epoch + 1)
+        writer.add_scalar(f"train/{k}", v, epoch + 1)
     writer.add_scalar("train/lr", session.lr_scheduler.get_last_lr()[0], epoch + 1)
 
 
-def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=images_to_model_input, log_dir=None,
-          num_workers=0, trainable_parameters=None, checkpointing=None, split=None):
-    """Train `model` for spec.config.num_epochs epochs on `dataset` with the spec's objective.
+def train(accelerator, model, noise_scheduler, data, spec, *, log_dir=None, trainable_parameters=None,
+          checkpointing=None):
+    """Train `model` for spec.config.num_epochs epochs on `data` (a TrainingData) with the spec's objective.
 
     AdamW, a cosine schedule with config.lr_warmup_steps warmup steps over len(loader) * epochs
     steps, grad-norm clipping at config.max_grad_norm. Per epoch, TensorBoard logs in `log_dir` (main
     process only; opened once the state to resume from has loaded, so a refused resume writes
-    nothing) receive the mean loss and, for PU, R_S and R_N.
-    `checkpointing` (utils.checkpointing.Checkpointing) saves training states and resumes from one;
-    `split` (the PU split) is saved with them, so a resume on other data fails loudly. A non-finite
-    loss or gradient norm raises TrainingDiverged. With several processes each trains on its own
-    shard of every epoch and computes the objective on its own batch; gradients are averaged.
-    Returns the unwrapped model.
+    nothing) receive the mean loss and the objective's parts (R_S and R_N for PU).
+    `checkpointing` (utils.checkpointing.Checkpointing) saves training states and resumes from one.
+    A non-finite loss or gradient norm raises TrainingDiverged. With several processes each trains
+    on its own shard of every epoch and computes the objective on its own batch; gradients are
+    averaged. Returns the unwrapped model.
     """
     config = spec.config
-    objective = get_objective(spec.algorithm, spec.beta, spec.correction)
-    s = prepare(accelerator, model, dataset, spec, num_workers=num_workers,
-                trainable_parameters=trainable_parameters, checkpointing=checkpointing, split=split)
+    s = prepare(accelerator, model, noise_scheduler, data, spec, trainable_parameters=trainable_parameters,
+                checkpointing=checkpointing)
     if accelerator.is_main_process:
         share = f" on each of {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
         print(f"training: {len(s.loader)} steps of {config.batch_size} images per epoch{share}")
@@ -297,9 +324,8 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
     try:
         with StopSignals() as stop:
             for epoch in range(progress.epoch, config.num_epochs):
-                step, stats = train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input,
-                                          checkpointing, stop, epoch, step)
-                log_epoch(accelerator, s, spec, stats, epoch, writer)
+                step, stats = train_epoch(accelerator, s, stop, epoch, step)
+                log_epoch(accelerator, s, stats, epoch, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -321,22 +347,23 @@ def train(accelerator, model, noise_scheduler, dataset, spec, *, to_model_input=
     return model
 
 
-def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input, checkpointing, stop, epoch, step):
-    """One epoch (or what is left of it) of the loop; returns the step count and the epoch's stats."""
-    config, progress = spec.config, s.progress
+def train_epoch(accelerator, s, stop, epoch, step):
+    """One epoch (or what is left of it) of the loop on session `s`; returns the step count and the
+    epoch's stats."""
+    config, progress, checkpointing = s.spec.config, s.progress, s.checkpointing
     s.model.train()
     batches, stats = epoch_batches(s, epoch, accelerator.device)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
                total=len(s.loader), disable=not accelerator.is_local_main_process, leave=False)
     for batch in bar:
         # 1. The batch as model input; the per-sample error L and the objective under autocast.
-        x0, cond, y = to_model_input(batch)
-        if spec.channels_last:
+        x0, cond, y = s.to_model_input(batch)
+        if s.spec.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         y = y.to(x0.device, torch.float32)
         with accelerator.autocast():
-            L = denoising_error(s.model, noise_scheduler, x0, cond=cond)
-            loss = objective(L, y)
+            L = denoising_error(s.model, s.noise_scheduler, x0, cond=cond)
+            loss, terms = s.objective(L, y)
         # 2. Backward and the optimizer step, outside autocast.
         accelerator.backward(loss)
         grad_norm = None
@@ -348,10 +375,9 @@ def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input
         s.lr_scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
         step += 1
-        # 3. Bookkeeping: the logged risks, the non-finite guard, where the loop stands.
-        r_s, r_n = pu_risks(L.detach(), y, spec.beta)
-        stats.add(loss=loss, R_S=r_s, R_N=r_n, n_sensitive=y.sum())
-        s.guard.observe(step, loss, r_s, r_n, grad_norm)
+        # 3. Bookkeeping: the logged parts of the objective, the non-finite guard, where the loop stands.
+        stats.add(loss=loss, **terms, n_sensitive=y.sum())
+        s.guard.observe(step, loss, grad_norm, terms)
         progress.step, progress.batch = step, progress.batch + 1
         # 4. A training state when due or when a signal asks to stop, never of a diverged model.
         stopping = stop.requested(accelerator, step, s.guard.every)
@@ -360,7 +386,7 @@ def train_epoch(accelerator, s, spec, objective, noise_scheduler, to_model_input
             stop_if_diverged(s.guard, checkpointing)
         if save:
             progress.stats = stats.state(accelerator)
-            checkpointing.save(accelerator, progress, s.settings)
+            checkpointing.save(accelerator, progress, s.settings, s.spec.auto_beta)
         if stopping:
             raise interrupted(stop.received, step, checkpointing.last_saved() if save else None)
         if step % BAR_LOSS_INTERVAL == 0 or step == 1:
