@@ -1,18 +1,18 @@
 #!/bin/bash
-# The GPU checks of issues 6 and 15 as one call of the device tool (at most 9 min 30 s of steps, each
-# with its own limit):
+# The GPU checks as one job (at most 9 min 30 s of steps, each with its own limit; docs/speed.md):
 #   0. the suite's GPU-only tests (tests/test_gpu.py: fp16 training with the grad scaler, data on the
 #      GPU, --eval_batch_size auto), which skip on a machine without CUDA;
 #   1. benchmarks/throughput.py on MNIST_even (the paper's UNet, batch 128, 50 steps): the default
 #      fp16, bf16 with channels_last, and --compile; each against the naive torchvision path;
 #   2. a short main.py run on the digits on the GPU: fp16 autocast with the grad scaler, fused AdamW,
 #      the non-finite guard, training states, the --eval_batch_size auto search, the evaluation.
-# Each step has its own time limit, so a slow one cannot starve the rest. Output goes to $OUT (the
-# device tool's folder) or ./gpu_check: one JSON per benchmark, log.txt, main.log, gpu.txt.
+# Each step has its own time limit, so a slow one cannot starve the rest. Output goes to $OUT (if
+# set) or ./gpu_check: one JSON per benchmark, log.txt, main.log, gpu.txt.
 #
-# The device image has torch but not diffusers or torch-fidelity: fetch their wheels here first,
+# On a GPU machine with torch but without network, diffusers or torch-fidelity, fetch their wheels
+# on a machine with network first,
 #   pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 torch-fidelity==0.4.0
-# then run there, with carry [".whl"] and a timeout of 600 s:
+# copy .whl/ into the repository on the GPU machine (the script installs them), and run
 #   bash benchmarks/gpu_check.sh
 # Extra arguments go to every benchmark call; a dry run on a CPU, to check the script itself:
 #   bash benchmarks/gpu_check.sh --device cpu --unet digits --steps 1 --batch_size 8

@@ -1,7 +1,6 @@
 #!/bin/bash
-# Issue 14's second call of the device tool (at most 6 min 30 s of steps, each with its own limit;
-# exit 1 if any step failed),
-# after benchmarks/gpu_check.sh:
+# The GPU memory checks as a second job after benchmarks/gpu_check.sh (at most 6 min 30 s of steps,
+# each with its own limit; exit 1 if any step failed; docs/speed.md):
 #   1. benchmarks/memory.py: peak memory and step time of Stable Diffusion v1-4's UNet at 512 px,
 #      batch 16, fp16 autocast with AdamW (the VAE and text encoder frozen in fp16, as main-sd.py runs
 #      them), without and with --gradient_checkpointing; and of google/ddpm-celebahq-256's UNet at
@@ -9,9 +8,9 @@
 #   2. benchmarks/throughput.py on MNIST_even: sampling in the batch --eval_batch_size auto picks for
 #      the evaluation (fp16), timed over 10 steps and extrapolated to 10,000 samples of 1,000 steps
 #      (the JSON's sampling.evaluation).
-# Output: one JSON per step in $OUT (the device tool's folder) or ./gpu_memory, and log.txt.
+# Output: one JSON per step in $OUT (if set) or ./gpu_memory, and log.txt.
 #
-# Wheels as for gpu_check.sh (carry [".whl"], timeout 600 s):
+# Wheels in .whl/ as for gpu_check.sh:
 #   bash benchmarks/gpu_memory.sh
 # A dry run on a CPU, to check the script itself (small images; the full-size models still build):
 #   DRY_RUN=1 bash benchmarks/gpu_memory.sh
