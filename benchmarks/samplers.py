@@ -22,9 +22,10 @@ times one 1,000-step draw, which for 1,000 images of a 16 px model takes 30-47 m
 So every finished measurement is cached in --output_dir/sampler_measurements.json (written
 atomically after each), keyed by checkpoint key, sampler, steps, seed, number of samples and batch
 size, and a run stopped part way resumes where it stopped when started again with the same
-arguments. A checkpoint retrained under the same key needs another --output_dir. The batch size is a
-fixed number (default: the one --eval_batch_size auto picks on a CPU), so the samples do not depend
-on the machine's free memory.
+arguments. Runs on different checkpoints may share one --output_dir at the same time (each re-reads
+the cache before it adds a measurement). A checkpoint retrained under the same key needs another
+--output_dir. The batch size is a fixed number (default: the one --eval_batch_size auto picks on a
+CPU), so the samples do not depend on the machine's free memory.
 """
 import argparse
 import json
@@ -169,6 +170,8 @@ class Bench:
         if key not in self.cache:
             print(f"measuring {key}", file=sys.stderr)
             measurement = self.measure(sampler, steps, seed)
+            # Re-read before writing: runs on other checkpoints may share the cache, each adding its own.
+            self.cache.update(load_cache(self.cache_path))
             self.cache[key] = measurement
             write_json_atomically(self.cache_path, dict(measurements=self.cache))
             print(f"{key}: {measurement['seconds']} s, sensitive share {fmt(measurement['sensitive_share'])}, "
