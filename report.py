@@ -18,6 +18,8 @@ Result JSON schema (fields report.py reads; others are kept for the record):
      "config_name": str, "algorithm": str, "beta": float, "seed": int,
      "sampler": str, "num_inference_steps": int,                   # optional
      "metrics": {name: float | null, ...}}
+A metric may be null (not measured: an image folder has no class labels, and no rate without
+labeled test images; the result's "unavailable" says why): it counts as missing.
 Known metric names: non_sensitive_rate, classifier_accuracy (shown in the rate table's header),
 fid, fd_classifier; the class classifier's fd_classes, precision, recall and sensitive_share
 (class_accuracy in their headers), and share_{class id}, folded into one table per config whose
@@ -29,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.errors import exits_on_usage_error
+from utils.errors import UsageError, exits_on_usage_error
 from utils.files import write_file_atomically
 from utils.report import build_tables, csv_text, load_results, markdown, plot
 
@@ -45,6 +47,11 @@ def parse_args(argv=None):
 def main(args):
     results = load_results(args.results_dir)
     tables, rows = build_tables(results)
+    if not tables:   # e.g. image-folder evaluations without test images: every metric null, with its reason
+        reasons = next((r["unavailable"] for r in results if r.get("unavailable")), {})
+        why = f" (e.g. non_sensitive_rate: {reasons['non_sensitive_rate']})" if "non_sensitive_rate" in reasons else ""
+        raise UsageError(f"none of the {len(results)} results in {args.results_dir} holds a measured metric{why}; "
+                         f"nothing to tabulate")
     print(markdown(tables, rows))
     csv_path, png_path = Path(args.results_dir) / "report.csv", Path(args.results_dir) / "report.png"
     write_file_atomically(csv_path, lambda tmp: Path(tmp).write_text(csv_text(tables, rows)))

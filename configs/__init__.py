@@ -71,6 +71,10 @@ class Config:
     num_inference_steps: int = 1000
     num_eval_samples: int = 10_000
     pretrained_model: str = ""        # hub id or folder for main-ft.py; empty for from-scratch configs
+    channels: int = 3                 # image channels: 3 for every dataset here; 1 or 3 on image folders
+    # An image folder (utils/folders.py) whose U and S replace the dataset's PU split; `dataset` then names
+    # only the classifier recipe, and U's normal and sensitive counts are unknown (None).
+    train_data_dir: str = ""
 
     @property
     def n_sensitive_drawn(self):
@@ -78,7 +82,9 @@ class Config:
 
     @property
     def true_prior(self):
-        """beta*: the share of sensitive images in U."""
+        """beta*: the share of sensitive images in U; None where U's labels are unknown (an image folder)."""
+        if self.n_u_sensitive is None:
+            return None
         return self.n_u_sensitive / (self.n_u_normal + self.n_u_sensitive)
 
     def to_dict(self):
@@ -144,6 +150,11 @@ CONFIGS = {
 # The configs main-ft.py supports (DESIGN section 3); main.py's follow from the dataset table
 # (utils.data.SCRATCH_CONFIGS). CIFAR10 is both trained from scratch and fine-tuned.
 FINETUNE_CONFIGS = tuple(k for k, c in CONFIGS.items() if c.pretrained_model)
+
+
+# The recipe (UNet, optimisation, sampler, evaluation count, judge) of runs on image folders when no
+# --config_name is given: the CPU-sized 16 px Fashion-MNIST setting, whose small UNet trains at any size.
+DEFAULT_FOLDER_CONFIG = "FashionMNIST_clothes_cpu"
 
 
 # main-ft.py samples with DDIM in 50 steps whatever the config (DESIGN section 3).

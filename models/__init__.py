@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        HeunDiscreteScheduler, UNet2DModel, UniPCMultistepScheduler)
 
-IMAGE_CHANNELS = 3
+IMAGE_CHANNELS = 3      # every registry dataset; image folders may be 1-channel (configs.Config.channels)
 # The ODE/SDE solvers integrate from the last training timestep, as their schedulers do by default. A
 # training schedule's config says "leading" (DDPMScheduler's default), which would start an N-step
 # solver at T - T / N instead; DDPM and DDIM keep the training config's spacing.
@@ -12,9 +12,10 @@ SOLVER_TIMESTEP_SPACING = dict(timestep_spacing="linspace")
 
 
 def build_unet(config):
-    """A fresh diffusers UNet2DModel for `config` (the paper's 61.5M-parameter UNet by default)."""
-    return UNet2DModel(sample_size=config.image_size, in_channels=IMAGE_CHANNELS,
-                       out_channels=IMAGE_CHANNELS, **config.unet)
+    """A fresh diffusers UNet2DModel for `config` (the paper's 61.5M-parameter UNet by default), taking
+    config.channels channels."""
+    return UNet2DModel(sample_size=config.image_size, in_channels=config.channels,
+                       out_channels=config.channels, **config.unet)
 
 
 def build_noise_scheduler(config):
@@ -61,6 +62,12 @@ def sampler_spec(sampler):
     if sampler not in SAMPLERS:
         raise KeyError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     return SAMPLERS[sampler]
+
+
+def sampler_for_scheduler(class_name):
+    """The first name in SAMPLERS built on the scheduler class `class_name` (a pipeline's own sampler),
+    or None where none is."""
+    return next((name for name, spec in SAMPLERS.items() if spec.scheduler.__name__ == class_name), None)
 
 
 def build_sampler(noise_scheduler, sampler):

@@ -76,14 +76,31 @@ def load_pretrained_ddpm(source):
     return pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def load_ddpm_configs(source):
+def unet_image_shape(unet_config):
+    """(channels, size) of the images a UNet2DModel config takes; size is None unless they are square."""
+    size = unet_config["sample_size"]
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(set(size)) == 1 else None
+    return unet_config["in_channels"], size
+
+
+def load_ddpm_configs(source, what="--pretrained_model", for_training=True):
     """(UNet config, scheduler config) of a DDPM pipeline: two small JSON files, so that main-ft.py can
-    check the model's image size and settle the run before any weights load."""
+    check the model's image size and settle the run before any weights load. `for_training` also
+    refuses a model that does not predict the noise (the losses need it; sampling does not)."""
+    unet, scheduler, _ = load_pipeline_configs(source, what)
+    if for_training:
+        check_predicts_noise(scheduler, source)
+    return unet, scheduler
+
+
+def load_pipeline_configs(source, what="--pretrained_model"):
+    """(UNet config, scheduler config, pipeline index) of a pixel-space pipeline with a UNet2DModel."""
     from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
-    source = check_source(source, "--pretrained_model", DDPM_PARTS, PIPELINE_INDEX)
+    source = check_source(source, what, DDPM_PARTS, PIPELINE_INDEX)
     index = _load("the pretrained pipeline", source, lambda: DiffusionPipeline.load_config(source))
     if (index.get("unet") or [None])[-1] != UNet2DModel.__name__:
-        raise UsageError(f"{source} is a {index.get('_class_name')} without a UNet2DModel; --pretrained_model must "
+        raise UsageError(f"{source} is a {index.get('_class_name')} without a UNet2DModel; {what} must "
                          f"be a DDPM pipeline such as google/ddpm-cifar10-32")
 
     def read(cls, part):
@@ -95,8 +112,7 @@ def load_ddpm_configs(source):
             return cls.load_config(source)
     unet = _load("the pretrained UNet's config", source, lambda: read(UNet2DModel, "unet"))
     scheduler = _load("the pretrained scheduler's config", source, lambda: read(DDPMScheduler, "scheduler"))
-    check_predicts_noise(scheduler, source)
-    return unet, scheduler
+    return unet, scheduler, index
 
 
 def load_stable_diffusion(source):

@@ -48,8 +48,8 @@ class ImageClassifier(nn.Module):
     """`backbone` gives penultimate features [B, num_features]; `head` the logits: one [B] (> 0: normal)
     for the sensitivity classifier, [B, num_outputs] for the class classifier.
 
-    Inputs are images in [0, 1], [B, 3, H, W] at any H, W: `prepare` resizes them to `input_size`
-    and normalises them as the backbone expects.
+    Inputs are images in [0, 1], [B, 3, H, W] (or [B, 1, H, W], repeated to three channels) at any H, W:
+    `prepare` resizes them to `input_size` and normalises them as the backbone expects.
     """
 
     def __init__(self, backbone, num_features, input_size, mean, std, num_outputs=1):
@@ -60,6 +60,8 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def prepare(self, x):
+        if x.shape[1] == 1:   # grayscale images (an image folder's): the backbones take three channels
+            x = x.expand(-1, 3, -1, -1)
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
@@ -211,20 +213,22 @@ def task_of(model):
     return SENSITIVITY if model.head.out_features == 1 else CLASSES
 
 
-def cache_path(output_dir, config_name, config, arch, init, seed, task=SENSITIVITY):
+def cache_path(output_dir, config_name, config, arch, init, seed, task=SENSITIVITY, data=None):
     """checkpoints/classifiers/{config}_{arch}-{init}_{size}px_seed{seed}.pt for the sensitivity
-    classifier, {dataset}_classes_... for the class classifier: everything that determines it."""
-    owner = config_name if task == SENSITIVITY else f"{config.dataset}_{CLASSES}"
+    classifier, {dataset}_classes_... for the class classifier, folder_{name}_... for an image folder's
+    judge (`data`): everything that determines it."""
+    owner = data.owner if data is not None else config_name if task == SENSITIVITY else f"{config.dataset}_{CLASSES}"
     name = f"{owner}_{arch}-{init}_{config.classifier_size}px_seed{seed}.pt"
     return Path(output_dir) / CLASSIFIER_DIR / name
 
 
-def describe(config_name, config, recipe, init, seed, task=SENSITIVITY):
-    """What a cached classifier must match to be reused."""
+def describe(config_name, config, recipe, init, seed, task=SENSITIVITY, data=None):
+    """What a cached classifier must match to be reused (an image folder's judge: also its folder and files)."""
     labels = dict(config_name=config_name, normal_classes=list(config.normal_classes)) if task == SENSITIVITY \
         else dict(task=task, num_classes=num_outputs(config, task))
+    source = data.source if data is not None else {}
     return dict(format=CACHE_FORMAT, dataset=config.dataset, **labels, classifier_size=config.classifier_size,
-                seed=seed, init=init, recipe=asdict(recipe))
+                seed=seed, init=init, recipe=asdict(recipe), **source)
 
 
 def load_cached(path, expected, config, device, task):
@@ -241,37 +245,42 @@ def load_cached(path, expected, config, device, task):
 
 
 def load_or_train_classifier(config_name, config, data_dir, output_dir, device, weights_path=None,
-                             seed=CLASSIFIER_SEED, task=SENSITIVITY):
+                             seed=CLASSIFIER_SEED, task=SENSITIVITY, data=None):
     """The cached `task` classifier for `config`, trained (with a progress bar) and cached on first use.
 
     Returns (model in eval mode on `device`, meta) where meta holds `test_accuracy`, the held-out
     accuracy on the whole test split, and what the classifier was trained with. A ResNet-18 is
     fine-tuned from ImageNet weights (`weights_path` or torchvision's download); where neither can
-    be had it is trained from scratch, cached under its own name, and the run says so.
+    be had it is trained from scratch, cached under its own name, and the run says so. `data` (an
+    image folder's utils.folders.FolderJudgeData) replaces the dataset's train and test splits.
     """
     check_classifier_weights(weights_path)
     device = torch.device(device)
     recipe = dataset_spec(config.dataset).classifier
     inits = ["scratch"] if recipe.arch == "cnn" else ["imagenet"] if weights_path else ["imagenet", "scratch"]
     for init in inits:
-        path = cache_path(output_dir, config_name, config, recipe.arch, init, seed, task)
-        cached = load_cached(path, describe(config_name, config, recipe, init, seed, task), config, device, task)
+        path = cache_path(output_dir, config_name, config, recipe.arch, init, seed, task, data)
+        cached = load_cached(path, describe(config_name, config, recipe, init, seed, task, data), config, device, task)
         if cached is not None:
             if recipe.arch != "cnn" and init == "scratch":
                 print(f"note: using {path}, a ResNet-18 trained from scratch (no ImageNet weights were at hand); "
                       f"pass --classifier_weights resnet18-f37072fd.pth for the paper's fine-tuned judge")
             return cached
     # Load the data first: a missing dataset is a UsageError before anything is written.
-    train_set = labeled_split(config, data_dir, train=True, task=task)
-    test_set = labeled_split(config, data_dir, train=False, task=task)
+    if data is not None:
+        train_set, test_set = data.splits(seed)
+    else:
+        train_set = labeled_split(config, data_dir, train=True, task=task)
+        test_set = labeled_split(config, data_dir, train=False, task=task)
     started = time.time()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, init = build_classifier(config, recipe.arch, inits[0], weights_path, num_outputs(config, task))
         model = train_classifier(model, train_set, recipe, device, seed)
-    meta = dict(describe(config_name, config, recipe, init, seed, task), test_accuracy=accuracy(model, test_set, device),
-                n_train=len(train_set), n_test=len(test_set), train_seconds=round(time.time() - started, 1))
-    path = cache_path(output_dir, config_name, config, recipe.arch, init, seed, task)
+    meta = dict(describe(config_name, config, recipe, init, seed, task, data),
+                test_accuracy=accuracy(model, test_set, device), n_train=len(train_set), n_test=len(test_set),
+                train_seconds=round(time.time() - started, 1))
+    path = cache_path(output_dir, config_name, config, recipe.arch, init, seed, task, data)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     write_file_atomically(path, lambda p: torch.save(dict(state_dict=state, meta=meta), p))
     owner = config_name if task == SENSITIVITY else config.dataset

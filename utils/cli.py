@@ -77,6 +77,49 @@ DATA_COUNT_ARGS = {"n_u_normal": (positive_int, "normal images in U"),
 TRAINING_OVERRIDES = {"num_epochs": positive_int, "batch_size": positive_int, "learning_rate": positive_float}
 
 
+CHANNEL_CHOICES = (1, 3)
+FOLDER_HELP = ("image folder to train on instead of the config's dataset: DIR/unlabeled/ (U) and DIR/sensitive/ (S), "
+               "optionally DIR/test/normal/ (the FID reference) and DIR/test/sensitive/ (with test/normal, the data "
+               "of the sensitivity judge); any format Pillow reads, nested folders allowed. The config is then the "
+               "recipe (UNet, optimisation, sampler, evaluation count, judge); the key names the folder")
+
+
+def add_folder_args(parser, channels_help="image channels: 1 (grayscale) or 3 (RGB) (default: 3)"):
+    """--train_data_dir, --resolution and --channels of the pixel-space training scripts."""
+    folder = parser.add_argument_group("image folders (docs/own-data.md)")
+    folder.add_argument("--train_data_dir", metavar="DIR", help=FOLDER_HELP)
+    folder.add_argument("--resolution", type=positive_int,
+                        help="with --train_data_dir: the training size; each image's short side is resized to it "
+                             "(bilinear, antialiased) and the centre square cropped (default: the model's)")
+    folder.add_argument("--channels", type=int, choices=CHANNEL_CHOICES, help=f"with --train_data_dir: {channels_help}")
+    return parser
+
+
+def settle_config_name(parser, args, default, folder_default):
+    """args.config_name resolved in place (`folder_default` with --train_data_dir, else `default`), after
+    refusing (parser.error, exit 2) what a folder run cannot take: count overrides (the counts are the
+    folder's), and --resolution or --channels without a folder (a config's images have their own)."""
+    folder = getattr(args, "train_data_dir", None)
+    counts = [f"--{name}" for name in DATA_COUNT_ARGS if getattr(args, name, None) is not None]
+    if folder and counts:
+        parser.error(f"{', '.join(counts)}: with --train_data_dir the counts are the folder's; move images instead")
+    shaped = [f"--{name}" for name in ("resolution", "channels") if getattr(args, name, None) is not None]
+    if not folder and shaped:
+        parser.error(f"{', '.join(shaped)}: only with --train_data_dir; a config's images have the config's size")
+    if args.config_name is None:
+        args.config_name = folder_default if folder else default
+    return args
+
+
+def add_prompt_args(parser, sensitive, normal, what):
+    """--sensitive_prompt and --normal_prompt of the Stable Diffusion scripts; `what` says their role."""
+    parser.add_argument("--sensitive_prompt", default=sensitive,
+                        help=f"the sensitive concept's prompt: {what['sensitive']} (default: %(default)s)")
+    parser.add_argument("--normal_prompt", default=normal,
+                        help=f"the normal concept's prompt: {what['normal']} (default: %(default)s)")
+    return parser
+
+
 def add_num_inference_steps(parser, help="sampling steps (default: the config's)", **kwargs):
     parser.add_argument("--num_inference_steps", type=positive_int, help=help, **kwargs)
 
@@ -90,12 +133,13 @@ def add_pretrained_model(parser, default=None, help="hub id or saved pipeline fo
 
 
 def add_run_args(parser, configs=None, default_config=None, data_dir=DEFAULT_DATA_DIR, data_dir_help=DATA_DIR_HELP,
-                 data_on_device=True):
+                 data_on_device=True, config_help="experiment from the config registry (default: %(default)s)",
+                 data_dir_aliases=()):
     """The arguments every training script takes; `configs` are the config names it supports.
-    `data_on_device` offers --data_on_device (only scripts that hold their images as one tensor)."""
+    `data_on_device` offers --data_on_device (only scripts that hold their images as one tensor);
+    `data_dir_aliases` are further names of --data_dir."""
     if configs is not None:
-        parser.add_argument("--config_name", default=default_config, choices=configs,
-                            help="experiment from the config registry (default: %(default)s)")
+        parser.add_argument("--config_name", default=default_config, choices=configs, help=config_help)
         counts = parser.add_argument_group("PU data counts (ablations and small trial runs)")
         for name, (kind, what) in DATA_COUNT_ARGS.items():
             counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
@@ -110,7 +154,7 @@ def add_run_args(parser, configs=None, default_config=None, data_dir=DEFAULT_DAT
     for name, kind in TRAINING_OVERRIDES.items():
         parser.add_argument(f"--{name}", type=kind, help="default: the config's")
     add_num_inference_steps(parser)
-    parser.add_argument("--data_dir", default=data_dir, help=data_dir_help)
+    parser.add_argument("--data_dir", *data_dir_aliases, default=data_dir, help=data_dir_help)
     add_output_dir(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run with the same key")
     state = parser.add_argument_group("training states (resume after a crash or a preemption)")
@@ -157,6 +201,9 @@ def add_eval_args(parser, default_samples=None, allow_zero=True, pixel=True):
         evaluation.add_argument("--classifier_weights",
                                 help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA classifier")
         evaluation.add_argument("--inception_weights", help="local torch-fidelity Inception-v3 weights for FID")
+        evaluation.add_argument("--save_samples", metavar="DIR",
+                                help="write every evaluated sample to DIR as 000000.png, 000001.png, ... (DIR must "
+                                     "be new, empty, or an earlier --save_samples folder, which is replaced)")
     return parser
 
 
@@ -179,4 +226,5 @@ def eval_options(args, data_dir=None):
     return EvalOptions(num_samples=args.num_eval_samples, batch_size=getattr(args, "eval_batch_size", AUTO),
                        sampler=getattr(args, "sampler", None), num_inference_steps=getattr(args, "num_inference_steps", None),
                        data_dir=data_dir, classifier_weights=getattr(args, "classifier_weights", None),
-                       inception_weights=getattr(args, "inception_weights", None))
+                       inception_weights=getattr(args, "inception_weights", None),
+                       save_samples=getattr(args, "save_samples", None))

@@ -382,7 +382,15 @@ class PUData:
 
     train: TensorPUDataset      # U and S images in [-1, 1] with PU labels
     split: PUSplit
-    test: Dataset               # normal-only test images in [0, 1]
+    test: Dataset               # normal-only test images in [0, 1] (None for an image folder without test/normal)
+    test_sensitive: Dataset = None   # an image folder's test/sensitive, in [0, 1]
+    folder: object = None       # the utils.folders.ImageFolder the data came from
+
+    def counts(self):
+        """The counts a run records: the split's, and an image folder's sizes (U's labels unknown)."""
+        counts = dict(n_u_normal=self.split.n_u_normal, n_u_sensitive=self.split.n_u_sensitive, n_s=self.split.n_s,
+                      n_test=len(self.test) if self.test is not None else 0)
+        return counts if self.folder is None else dict(self.folder.counts(), **counts)
 
 
 def normal_test_set(config, data_dir):
@@ -392,7 +400,11 @@ def normal_test_set(config, data_dir):
 
 
 def load_pu_data(config, data_dir, seed):
-    """Load, split and materialize `config`'s data; raises UsageError before anything is written."""
+    """Load, split and materialize `config`'s data; raises UsageError before anything is written.
+    An image folder's config (config.train_data_dir) reads the folder instead (utils.folders)."""
+    if config.train_data_dir:
+        from utils.folders import load_folder_data   # it builds on this module's datasets
+        return load_folder_data(config)
     base, targets = load_dataset(config, data_dir, train=True, transform=image_transform(config))
     split = pu_split(targets, config, seed)
     test = normal_test_set(config, data_dir)

@@ -91,22 +91,25 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls, evaluation):
     Returns (unwrapped unet, data); (None, None) for a finished run re-run.
     """
     config, accelerator = run.config, run.accelerator
-    check_eval_args(evaluation.classifier_weights, evaluation.inception_weights)
+    check_eval_args(evaluation.classifier_weights, evaluation.inception_weights, evaluation.save_samples)
     if run.done:
         complete_finished_run(run, evaluation)
         return None, None
     with accelerator.main_process_first():   # one process downloads; the others then read its files
         data = load_pu_data(config, run.data_dir, run.seed)
     if accelerator.is_main_process:
-        print(f"{run.key}: U = {data.split.n_u_normal} normal + {data.split.n_u_sensitive} sensitive, "
-              f"S = {data.split.n_s}, test = {len(data.test)}; {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M "
-              f"parameters on {accelerator.device} ({accelerator.mixed_precision})")
+        counts = data.counts()
+        u = f"{counts['n_unlabeled']} unlabeled" if data.folder else \
+            f"{counts['n_u_normal']} normal + {counts['n_u_sensitive']} sensitive"
+        test = f"{counts['n_test']} normal + {counts['n_test_sensitive']} sensitive" if data.folder else counts["n_test"]
+        print(f"{run.key}: U = {u}, S = {counts['n_s']}, test = {test}; "
+              f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters on {accelerator.device} "
+              f"({accelerator.mixed_precision})")
     unet = train_run(run, unet, noise_scheduler, TrainingData(data.train, split=data.split))
     if not accelerator.is_main_process:
         return unet, data
-    record = run_record(run, split=dict(n_u_normal=data.split.n_u_normal, n_u_sensitive=data.split.n_u_sensitive,
-                                        n_s=data.split.n_s, n_test=len(data.test)),
-                        device=str(accelerator.device), mixed_precision=accelerator.mixed_precision)
+    record = run_record(run, split=data.counts(), device=str(accelerator.device),
+                        mixed_precision=accelerator.mixed_precision)
     path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
     device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
     grid = save_sample_grid(run, unet, noise_scheduler, dtype)

@@ -83,13 +83,15 @@ def inception_metric_or_reason(weights_path=None):
 def frechet_distances(generated, reference, metrics, device="cpu", batch_size=256):
     """{name: Frechet distance} for each metric in `metrics` ({name: frechet_metric(...)}).
 
-    `generated` and `reference` hold images in [0, 1]: tensors [N, C, H, W] or iterables of
-    batches (a DataLoader), each read once whatever the number of metrics.
+    `generated` and `reference` hold images in [0, 1] with 1 or 3 channels: tensors [N, C, H, W] or
+    iterables of batches (a DataLoader), each read once whatever the number of metrics.
     """
     metrics = {name: m.to(device) for name, m in metrics.items()}
     for real, images in ((False, generated), (True, reference)):
         for batch in batches(images, batch_size):
             batch = batch.to(device).float()
+            if batch.shape[1] == 1:   # grayscale (an image folder's): Inception takes three channels
+                batch = batch.expand(-1, 3, -1, -1)
             for m in metrics.values():
                 m.update(batch, real=real)
     return {name: m.compute().item() for name, m in metrics.items()}

@@ -26,7 +26,8 @@ SCRIPTS_KEYED_BY_CONFIG = ("main", "main_ft")
 # main-ft.py's --pretrained_model is recorded, not keyed: a local copy of the config's hub model
 # must keep the key that the hub id gives.
 KEY_TAGS = {"n_u_normal": "nUn", "n_u_sensitive": "nUs", "n_s": "nS", "n_test": "nT", "num_epochs": "ep",
-            "batch_size": "bs", "learning_rate": "lr", "num_inference_steps": "steps", "resolution": "res"}
+            "batch_size": "bs", "learning_rate": "lr", "num_inference_steps": "steps", "resolution": "res",
+            "image_size": "res", "channels": "ch"}
 CORRECTION_TAG = "nn"                   # --pu_correction nn (abs is the default)
 # Config fields that only change sampling or evaluation, or say where the data lies (a moved folder
 # holds the same images); every other field must match to resume or to count a run as finished.
@@ -34,6 +35,14 @@ FREE_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "
                "data_dir")
 # Fields of a training state's settings beyond a finished run's: they shape the shards and the numbers.
 STATE_ONLY_SETTINGS = ("num_processes", "mixed_precision")
+# Config fields added after runs were recorded without them, with their defaults: left out of the settings
+# at the default, so that those runs and training states still match.
+ADDED_FIELDS = {"channels": 3, "train_data_dir": ""}
+MISSING = object()
+# What a folder run's results give as their dataset (the folder itself is recorded as train_data_dir).
+FOLDER_DATASET = "folder"
+# The script a result names for a pipeline this project did not train (evaluate.py on any pipeline folder).
+PIPELINE_SCRIPT = "pipeline"
 
 
 # --- Keys and key tags ---
@@ -93,7 +102,8 @@ def training_settings(config, correction, num_processes=None, mixed_precision=No
     SDConfig or a record's config dict) and the correction; for a training state also the process
     count and the precision."""
     values = config if isinstance(config, dict) else config.to_dict()
-    settings = dict({k: v for k, v in values.items() if k not in FREE_FIELDS}, pu_correction=correction)
+    settings = dict({k: v for k, v in values.items()
+                     if k not in FREE_FIELDS and ADDED_FIELDS.get(k, MISSING) != v}, pu_correction=correction)
     if num_processes is not None:
         settings.update(num_processes=num_processes, mixed_precision=mixed_precision)
     return json.loads(json.dumps(settings))
@@ -137,9 +147,13 @@ def run_record(run, **extra):
 def pixel_result_record(run, config, evaluation, *, num_samples, device, dtype, checkpoint):
     """The result of evaluate.py or of the evaluation after training: the run's identity, how it was
     sampled (`config` carries the sampler and step count), the measures of `evaluation`."""
+    data = dict(dataset=FOLDER_DATASET, train_data_dir=config.train_data_dir) if config.train_data_dir else \
+        dict(dataset=config.dataset)
+    # A pipeline this project did not train was judged against the data, not trained on it: no PU counts.
+    counts = dict(n_u_normal=config.n_u_normal, n_u_sensitive=config.n_u_sensitive, n_s=config.n_s) \
+        if run.script != PIPELINE_SCRIPT else dict(n_u_normal=None, n_u_sensitive=None, n_s=None)
     return dict(key=result_key(run.key, run.config, config.num_inference_steps, config.sampler), run_key=run.key,
-                checkpoint=str(checkpoint), **run_identity(run), dataset=config.dataset,
-                n_u_normal=config.n_u_normal, n_u_sensitive=config.n_u_sensitive, n_s=config.n_s,
+                checkpoint=str(checkpoint), **run_identity(run), **data, **counts,
                 sampler=config.sampler, num_inference_steps=config.num_inference_steps, num_samples=num_samples,
                 device=str(device), sampling_dtype=str(dtype).replace("torch.", "") if dtype else "float32",
                 **evaluation, versions=versions(*PIXEL_EVAL_PACKAGES))
@@ -147,8 +161,12 @@ def pixel_result_record(run, config, evaluation, *, num_samples, device, dtype, 
 
 def sd_result_record(run, config, metrics, *, num_samples, clip_model, times, sampler):
     """The CLIP evaluation of a Stable Diffusion run; `config` is the run's config as sampled
-    (evaluate-sd.py may change the step count, which then tags the key)."""
-    return dict(key=result_key(run.key, run.config, config.num_inference_steps), run_key=run.key,
+    (evaluate-sd.py may change the step count, which then tags the key, and the prompts, which tag it
+    _{sensitive}_vs_{normal})."""
+    key = result_key(run.key, run.config, config.num_inference_steps)
+    if config.sample_prompts != run.config.sample_prompts:
+        key += f"_{config.sample_prompts[0].name}_vs_{config.sample_prompts[1].name}"
+    return dict(key=key, run_key=run.key,
                 **run_identity(run), sampler=sampler, num_inference_steps=config.num_inference_steps,
                 guidance_scale=config.guidance_scale, num_samples=num_samples, clip_model=clip_model,
                 clip_labels=list(config.clip_labels), prompts={p.metric: p.prompt for p in config.sample_prompts},

@@ -1,12 +1,18 @@
-"""Drawing images from a trained UNet: batched, seeded, in inference mode, and the grids we save."""
+"""Drawing images from a trained UNet: batched, seeded, in inference mode, and the grids and sample
+folders we save."""
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from models import build_sampler, sampler_spec
+from utils.errors import UsageError
+from utils.files import save_folder_atomically
 
 GRID_SAMPLES = 64   # an 8 x 8 grid, as in the paper's figures
 HALF_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -24,6 +30,7 @@ MAX_EVAL_BATCH_SIZE = 4096
 # A batch is accepted when 1 / EVAL_MEMORY_MARGIN times as many images fit one UNet step: room for
 # the sampler's own tensors and for fragmentation.
 EVAL_MEMORY_MARGIN = 0.9
+SAMPLE_NAME = re.compile(r"^\d{6}\.png$")     # --save_samples: 000000.png, 000001.png, ...
 
 
 @dataclass(frozen=True)
@@ -171,3 +178,28 @@ def resolve_eval_batch_size(requested, unet, *, num_samples, dtype=None):
 def save_grid(images, path, nrow=8):
     """Save images in [0, 1] as one PNG grid with `nrow` images a row."""
     save_image(images, path, nrow=nrow)
+
+
+def check_samples_folder(folder):
+    """UsageError unless `folder` can take --save_samples: absent, empty, or holding only the numbered
+    PNGs of an earlier --save_samples (then replaced whole)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--save_samples {folder} is a file; pass a folder")
+    if folder.is_dir():
+        others = [p.name for p in folder.iterdir() if not SAMPLE_NAME.match(p.name)]
+        if others:
+            raise UsageError(f"--save_samples {folder} holds other files ({others[0]}, ...); it would be replaced "
+                             f"whole: pass a new or empty folder")
+
+
+def save_samples(images, folder):
+    """Every image of `images` ([N, C, H, W] in [0, 1], C = 1 or 3) as `folder`/000000.png, 000001.png, ...
+    (grayscale or RGB, rounded as torchvision's save_image rounds); the folder is written aside and
+    renamed into place, replacing an earlier one whole."""
+    pixels = images.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def write(tmp):
+        for i, array in enumerate(pixels):
+            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp / f"{i:06d}.png")
+    return save_folder_atomically(folder, write)
