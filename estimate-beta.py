@@ -2,11 +2,14 @@
 
     python estimate-beta.py --config_name MNIST_even --seed 42
     python estimate-beta.py --config_name SD --data_dir datasets/middle_aged_man100 --json
+    python estimate-beta.py --train_data_dir DIR --resolution 32
 
 Image configs: the PU split that training draws for --seed (and the same count overrides), scored by
-the dataset's own classifier recipe trained on S against U in 5 folds. SD: the two image folders,
-scored by logistic regression on CLIP image features. Either way the best-bin estimator (utils/prior.py)
-gives the estimate, a 90% interval and a warning where its assumption looks violated.
+the dataset's own classifier recipe trained on S against U in 5 folds. An image folder
+(--train_data_dir, docs/own-data.md): its unlabeled/ and sensitive/ as main.py --beta auto reads them,
+with --config_name the recipe (default FashionMNIST_clothes_cpu). SD: the two image folders, scored by
+logistic regression on CLIP image features. Either way the best-bin estimator (utils/prior.py) gives
+the estimate, a 90% interval and a warning where its assumption looks violated.
 """
 import argparse
 import contextlib
@@ -15,15 +18,16 @@ import sys
 
 import torch
 
-from configs import CONFIGS, DEFAULT_SEED, get_config, with_overrides
+from configs import CONFIGS, DEFAULT_FOLDER_CONFIG, DEFAULT_SEED, get_config, with_overrides
 from configs.sd import SD_CONFIG, SD_CONFIG_NAME
 from models.pretrained import load_clip
-from utils.cli import DATA_COUNT_ARGS, seed_value
+from utils.cli import DATA_COUNT_ARGS, add_folder_args, seed_value, settle_config_name
 from utils.data import load_pu_data
 from utils.errors import UsageError, exits_on_usage_error
+from utils.folders import folder_config, folder_overrides, load_folder_data, scan_folder
 from utils.prior import check_prior_counts
 from utils.prior_data import estimate_prior_for_images, estimate_prior_for_sd
-from utils.sd import POSITIVE, UNLABELED, validate_sd_folder
+from utils.sd import POSITIVE, UNLABELED, sd_data_dirs, validate_sd_folder
 
 COUNT_NAMES = ("n_u_normal", "n_u_sensitive", "n_s")   # the test set plays no part in the estimate
 IMAGE_DATA_DIR = "datasets"
@@ -31,8 +35,9 @@ IMAGE_DATA_DIR = "datasets"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_name", required=True, choices=(*CONFIGS, SD_CONFIG_NAME),
-                        help="an experiment of the config registry, or SD for the Stable Diffusion folders")
+    parser.add_argument("--config_name", choices=(*CONFIGS, SD_CONFIG_NAME),
+                        help="an experiment of the config registry, or SD for the Stable Diffusion folders; with "
+                             f"--train_data_dir the recipe of the folds (default then: {DEFAULT_FOLDER_CONFIG})")
     counts = parser.add_argument_group("PU data counts (image configs; as given to the training script)")
     for name in COUNT_NAMES:
         kind, what = DATA_COUNT_ARGS[name]
@@ -47,18 +52,33 @@ def parse_args(argv=None):
                         help="local torchvision ResNet-18 ImageNet weights for the CIFAR10/STL10/CelebA folds, as "
                              "main.py --beta auto takes them (default: torchvision's download)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return parser.parse_args(argv)
+    add_folder_args(parser)
+    args = parser.parse_args(argv)
+    if not (args.config_name or args.train_data_dir):
+        parser.error("pass --config_name (a config, or SD) or --train_data_dir (an image folder)")
+    return settle_config_name(parser, args, None, DEFAULT_FOLDER_CONFIG)
 
 
 def estimate_prior(args, device):
     """(PriorEstimate, the true prior where the config knows it, else None) for `args`."""
     overrides = {name: getattr(args, name) for name in COUNT_NAMES}
+    if args.train_data_dir:   # an image folder: U's labels are unknown, so there is no true prior to show
+        if args.config_name == SD_CONFIG_NAME:
+            raise UsageError("--train_data_dir takes an image config as the recipe; for SD pass --data_dir instead")
+        folder = scan_folder(args.train_data_dir)
+        config = folder_config(get_config(args.config_name), folder)
+        config = with_overrides(config, **folder_overrides(config, args.resolution, args.channels))
+        check_prior_counts(len(folder.unlabeled), len(folder.sensitive))   # before any image is decoded
+        train = load_folder_data(config, folder).train
+        return estimate_prior_for_images(train, config, device, seed=args.seed,
+                                         weights_path=args.classifier_weights), None
     if args.config_name == SD_CONFIG_NAME:
         given = [f"--{name}" for name, value in overrides.items() if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: only image configs take data counts; SD's U and S are the images in "
                              f"{SD_CONFIG.unlabeled_dir}/ and {SD_CONFIG.positive_dir}/ of --data_dir")
-        files = validate_sd_folder(args.data_dir or SD_CONFIG.data_dir, SD_CONFIG)
+        data_dir = args.data_dir or SD_CONFIG.data_dir
+        files = validate_sd_folder(data_dir, with_overrides(SD_CONFIG, **sd_data_dirs(data_dir)))
         check_prior_counts(len(files[UNLABELED]), len(files[POSITIVE]))   # before CLIP loads
         return estimate_prior_for_sd(files, load_clip(args.clip_model), device, seed=args.seed), None
     config = with_overrides(get_config(args.config_name), **overrides)
