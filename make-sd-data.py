@@ -4,8 +4,10 @@
 
 Writes 64 "a photo of a middle-aged man" and 16 "a photo of Brad Pitt" images into 0_unlabeled/
 and 20 "a photo of Brad Pitt" images into 1_positive/ (counts: configs/sd.py, or --num_* below).
-Image i of each part comes from its own generator seeded with --seed + the part's offset + i, so a
-rerun keeps the files that exist and redraws a missing one as it was first drawn.
+--normal_prompt and --sensitive_prompt draw another concept (files named after the prompts, e.g.
+red_car_0000.png; give main-sd.py the same prompts). Image i of each part comes from its own
+generator seeded with --seed + the part's offset + i, so a rerun keeps the files that exist and
+redraws a missing one as it was first drawn.
 """
 import argparse
 from dataclasses import replace
@@ -14,10 +16,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from configs.sd import SD_CONFIG
+from configs.sd import BRAD_PITT, MIDDLE_AGED_MAN_HYPHENATED, SD_CONFIG, with_prompts
 from models.pretrained import load_stable_diffusion
-from utils.cli import (add_num_inference_steps, add_output_dir, add_pretrained_model, non_negative_int, positive_int,
-                       seed_value)
+from utils.cli import (add_num_inference_steps, add_output_dir, add_pretrained_model, add_prompt_args,
+                       non_negative_int, positive_int, seed_value)
 from utils.errors import UsageError, exits_on_usage_error
 from utils.files import write_file_atomically
 from utils.sampling import sampling_precision
@@ -39,10 +41,23 @@ def parse_args(argv=None):
                             help="denoising steps per image (default: %(default)s)")
     parser.add_argument("--resolution", type=positive_int,
                         help="image size (default: the pipeline's own, 512 for v1-4)")
+    add_prompt_args(parser, BRAD_PITT, MIDDLE_AGED_MAN_HYPHENATED,
+                    dict(sensitive="drawn into both folders", normal=f"drawn into {SD_CONFIG.unlabeled_dir}/"))
     for part in SD_CONFIG.data_parts:
         parser.add_argument(f"--num_{part.name}", type=non_negative_int, default=part.count,
-                            help=f"'{part.prompt}' images in {part.folder}/ (default: %(default)s)")
+                            help=f"'{part.prompt}' images in {part.folder}/ (or --"
+                                 f"{'normal' if part.name == 'unlabeled_man' else 'sensitive'}_prompt's) "
+                                 f"(default: %(default)s)")
     return parser.parse_args(argv)
+
+
+def data_parts(sensitive_prompt, normal_prompt):
+    """The parts to draw: SD_CONFIG's for the prompts its data were drawn with, else those of configs.sd.with_prompts."""
+    if (sensitive_prompt, normal_prompt) == (BRAD_PITT, MIDDLE_AGED_MAN_HYPHENATED):
+        return SD_CONFIG.data_parts
+    if sensitive_prompt == normal_prompt:
+        raise UsageError(f"--sensitive_prompt and --normal_prompt are both {sensitive_prompt!r}; give two different prompts")
+    return with_prompts(SD_CONFIG, sensitive_prompt, normal_prompt).data_parts
 
 
 def pending_images(root, parts, seed):
@@ -62,7 +77,7 @@ def main(args):
     root = Path(args.output_dir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--output_dir {root} is a file; pass a folder")
-    parts = [replace(p, count=getattr(args, f"num_{p.name}")) for p in SD_CONFIG.data_parts]
+    parts = [replace(p, count=getattr(args, f"num_{p.name}")) for p in data_parts(args.sensitive_prompt, args.normal_prompt)]
     jobs, total = pending_images(root, parts, args.seed)
     print(f"{root}: {total - len(jobs)} of {total} images present, {len(jobs)} to generate")
     if not jobs:

@@ -3,7 +3,10 @@
 One frozen `SDConfig`, `SD_CONFIG`, holds every number that main-sd.py, make-sd-data.py and
 evaluate-sd.py use; the scripts only override what their command line names. It is not in
 `CONFIGS` because it has no PU split of a labeled dataset: its U and S are two image folders.
+`with_prompts` turns it to another concept: the captions, the sampled prompts, CLIP's labels and
+make-sd-data.py's prompts follow --sensitive_prompt and --normal_prompt.
 """
+import re
 from dataclasses import asdict, dataclass, replace
 
 SD_CONFIG_NAME = "SD"   # the config_name that results and reports carry for Stable Diffusion runs
@@ -12,8 +15,11 @@ BRAD_PITT = "a photo of Brad Pitt"
 MIDDLE_AGED_MAN = "a photo of a middle aged man"
 # make-sd-data.py prompted SD v1-4 with the hyphenated spelling; training captions drop the hyphen.
 MIDDLE_AGED_MAN_HYPHENATED = "a photo of a middle-aged man"
-UNLABELED_DIR = "0_unlabeled"   # y = 0
-POSITIVE_DIR = "1_positive"     # y = 1
+UNLABELED_DIR = "0_unlabeled"   # y = 0; make-sd-data.py's names, read beside the image folders' own
+POSITIVE_DIR = "1_positive"     # y = 1  (utils.folders: unlabeled/ and sensitive/)
+# A prompt's file-name form: "a photo of a red car" -> "red_car".
+PROMPT_PREFIX = re.compile(r"^(a |an )?(photo|picture|image) of (a |an |the )?")
+MAX_PROMPT_NAME = 40
 
 
 @dataclass(frozen=True)
@@ -83,3 +89,29 @@ class SDConfig:
 
 
 SD_CONFIG = SDConfig()
+
+
+def prompt_name(prompt):
+    """A file-name-safe short form of `prompt`: lower case, "a photo of a" dropped, words joined by "_"
+    ("a photo of Brad Pitt" -> "brad_pitt", "a photo of a middle aged man" -> "middle_aged_man")."""
+    text = PROMPT_PREFIX.sub("", prompt.strip().lower())
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")[:MAX_PROMPT_NAME].strip("_") or "prompt"
+
+
+def with_prompts(config, sensitive_prompt, normal_prompt):
+    """`config` turned to the concept of `sensitive_prompt` (S's caption) and `normal_prompt` (U's): the
+    two sampled prompts (grids {key}_{name}.png, metrics {sensitive}_share_{name}_prompt), CLIP's labels
+    and make-sd-data.py's prompts and file stems. The config's own prompts give `config` unchanged."""
+    if (sensitive_prompt, normal_prompt) == (config.positive_caption, config.unlabeled_caption):
+        return config
+    sensitive, normal = prompt_name(sensitive_prompt), prompt_name(normal_prompt)
+    if sensitive == normal:   # e.g. "Cat" and "cat": distinct prompts, one short form
+        sensitive, normal = "sensitive", "normal"
+    parts = {"unlabeled_man": (normal, normal_prompt), "unlabeled_brad_pitt": (sensitive, sensitive_prompt),
+             "positive_brad_pitt": (sensitive, sensitive_prompt)}
+    return replace(config, positive_caption=sensitive_prompt, unlabeled_caption=normal_prompt,
+                   sample_prompts=(SamplePrompt(sensitive, sensitive_prompt, f"{sensitive}_share_{sensitive}_prompt"),
+                                   SamplePrompt(normal, normal_prompt, f"{sensitive}_share_{normal}_prompt")),
+                   clip_labels=(sensitive_prompt, normal_prompt),
+                   data_parts=tuple(replace(p, stem=parts[p.name][0], prompt=parts[p.name][1])
+                                    for p in config.data_parts))

@@ -229,3 +229,68 @@ def test_main_sd_beta_auto_estimates_the_prior_from_clip_features_and_keys_it(tm
     script.main(script.parse_args(argv))
     again = capsys.readouterr().out
     assert "nothing to train" in again and "beta auto" not in again
+
+
+def test_main_sd_learns_any_concept_from_image_folders(tmp_path, tiny_sd, capsys):
+    """--sensitive_prompt and --normal_prompt: S's and U's captions, the sampled prompts and CLIP's labels,
+    on the image folders' layout (unlabeled/, sensitive/, nested); evaluate-sd.py takes the run's prompts."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "cars"
+    for folder, n in (("unlabeled/more", 3), ("unlabeled", 1), ("sensitive", 2)):
+        (data / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(data / folder / f"{i}.jpg")
+    out = tmp_path / "out"
+    prompts = ["--sensitive_prompt", "a photo of a red car", "--normal_prompt", "a photo of a car"]
+    script = load_script("main-sd.py")
+    script.main(script.parse_args([
+        "--train_data_dir", str(data), *prompts, "--pretrained_model", str(tiny_sd["sd"]), "--output_dir", str(out),
+        "--num_epochs", "1", "--batch_size", "3", "--resolution", str(RESOLUTION), "--num_inference_steps", "2",
+        "--num_workers", "0", "--num_eval_samples", "2", "--clip_model", str(tiny_sd["clip"])]))
+    assert "4 unlabeled in unlabeled/" in capsys.readouterr().out
+    key = f"main_sd_PU_0.1_ep1_bs3_steps2_res{RESOLUTION}_42"
+    config = json.loads((out / "checkpoints" / key / "run_config.json").read_text())["config"]
+    assert (config["positive_caption"], config["unlabeled_caption"]) == ("a photo of a red car", "a photo of a car")
+    assert (config["unlabeled_dir"], config["positive_dir"]) == ("unlabeled", "sensitive")
+    assert config["clip_labels"] == ["a photo of a red car", "a photo of a car"]
+    for name in ("red_car", "car"):
+        assert (out / "outputs" / "images" / f"{key}_{name}.png").is_file()
+    result = json.loads((out / "outputs" / "results" / f"{key}.json").read_text())
+    assert set(result["metrics"]) == {"red_car_share_red_car_prompt", "red_car_share_car_prompt"}
+    assert result["prompts"] == {"red_car_share_red_car_prompt": "a photo of a red car",
+                                 "red_car_share_car_prompt": "a photo of a car"}
+
+    evaluate = load_script("evaluate-sd.py")
+    ev = tmp_path / "ev"
+    for extra in ([], ["--sensitive_prompt", "a photo of a blue car"]):
+        evaluate.main(evaluate.parse_args(["--checkpoint", str(out / "checkpoints" / key), "--num_samples", "2",
+                                           "--clip_model", str(tiny_sd["clip"]), "--output_dir", str(ev), *extra]))
+    again = json.loads((ev / "outputs" / "results" / f"{key}.json").read_text())
+    assert again["metrics"] == result["metrics"]           # the run's own prompts, drawn alike
+    other = json.loads((ev / "outputs" / "results" / f"{key}_blue_car_vs_car.json").read_text())
+    assert set(other["metrics"]) == {"blue_car_share_blue_car_prompt", "blue_car_share_car_prompt"}
+
+
+def test_prompts_keep_the_default_experiment_as_it_is(capsys):
+    from configs.sd import BRAD_PITT, MIDDLE_AGED_MAN, prompt_name, with_prompts
+    assert with_prompts(SD_CONFIG, BRAD_PITT, MIDDLE_AGED_MAN) is SD_CONFIG
+    assert [prompt_name(p.prompt) for p in SD_CONFIG.sample_prompts] == [p.name for p in SD_CONFIG.sample_prompts]
+    assert prompt_name("A picture of the Eiffel Tower, at night!") == "eiffel_tower_at_night"
+    script = load_script("main-sd.py")
+    args = script.parse_args([])
+    assert (args.sensitive_prompt, args.normal_prompt) == (BRAD_PITT, MIDDLE_AGED_MAN)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "--sensitive_prompt" in capsys.readouterr().out
+
+
+def test_make_sd_data_draws_any_concept(tmp_path, tiny_sd):
+    script = load_script("make-sd-data.py")
+    out = tmp_path / "made"
+    script.main(script.parse_args(["--pretrained_model", str(tiny_sd["sd"]), "--output_dir", str(out),
+                                   "--num_inference_steps", "2", "--num_unlabeled_man", "2",
+                                   "--num_unlabeled_brad_pitt", "1", "--num_positive_brad_pitt", "1",
+                                   "--sensitive_prompt", "a photo of a red car", "--normal_prompt", "a photo of a car"]))
+    names = {f.relative_to(out).as_posix() for f in out.rglob("*.png")}
+    assert names == {"0_unlabeled/car_0000.png", "0_unlabeled/car_0001.png", "0_unlabeled/red_car_0000.png",
+                     "1_positive/red_car_0000.png"}

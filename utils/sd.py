@@ -1,10 +1,13 @@
 """Stable Diffusion's PU data: the folder check, the (image, caption, y) dataset, and model input.
 
-The data folder holds two subfolders (configs/sd.py): unlabeled images (y = 0, captioned as a
-middle-aged man) and labeled positive ones (y = 1, captioned as Brad Pitt). `validate_sd_folder`
-checks it before any model loads; `SDImageDataset` serves (pixels in [-1, 1], caption ids, y) with
-the image work done per item, so DataLoader workers can share it; `make_sd_model_input` is the
-`to_model_input` of the shared training loop: VAE latents and CLIP text embeddings, no gradients.
+The data folder holds two subfolders: unlabeled images (y = 0, captioned with the normal prompt, "a
+photo of a middle aged man" by default) and labeled sensitive ones (y = 1, captioned with the
+sensitive prompt, "a photo of Brad Pitt"), named unlabeled/ and sensitive/ as every image folder
+(utils/folders.py), or 0_unlabeled/ and 1_positive/ as make-sd-data.py writes them (`sd_data_dirs`
+tells which). Any image Pillow reads counts, in nested folders too. `validate_sd_folder` checks it
+before any model loads; `SDImageDataset` serves (pixels in [-1, 1], caption ids, y) with the image work
+done per item, so DataLoader workers can share it; `make_sd_model_input` is the `to_model_input` of
+the shared training loop: VAE latents and CLIP text embeddings, no gradients.
 """
 import copy
 from pathlib import Path
@@ -14,22 +17,32 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from configs.sd import POSITIVE_DIR, UNLABELED_DIR
+from utils import folders
 from utils.errors import UsageError
+from utils.folders import list_images
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNLABELED, POSITIVE = 0, 1
 
 
 def expected_tree(root, config):
+    made = (f"make-sd-data.py writes this tree ({folders.UNLABELED}/ and {folders.SENSITIVE}/ are read alike)"
+            if config.unlabeled_dir == UNLABELED_DIR else
+            f"make-sd-data.py writes the same as {UNLABELED_DIR}/ and {POSITIVE_DIR}/")
     return (f"expected {root}/{config.unlabeled_dir}/*.png (y = 0, \"{config.unlabeled_caption}\") and "
-            f"{root}/{config.positive_dir}/*.png (y = 1, \"{config.positive_caption}\"); "
-            f"make-sd-data.py writes this tree")
+            f"{root}/{config.positive_dir}/*.png (y = 1, \"{config.positive_caption}\"); {made}")
 
 
-def list_images(folder):
-    """Image files in `folder`, sorted; hidden ones (half-written .*.tmp-* files among them) are skipped."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+def sd_data_dirs(root):
+    """{unlabeled_dir, positive_dir}: the subfolders of the SD data folder `root` that hold U and S:
+    unlabeled/ and sensitive/ where unlabeled/ exists, else make-sd-data.py's 0_unlabeled/ and 1_positive/."""
+    root = Path(root)
+    if not (root / folders.UNLABELED).is_dir():
+        return dict(unlabeled_dir=UNLABELED_DIR, positive_dir=POSITIVE_DIR)
+    if (root / UNLABELED_DIR).is_dir():
+        raise UsageError(f"{root} holds both {folders.UNLABELED}/ and {UNLABELED_DIR}/; keep one layout: "
+                         f"{folders.UNLABELED}/ with {folders.SENSITIVE}/, or {UNLABELED_DIR}/ with {POSITIVE_DIR}/")
+    return dict(unlabeled_dir=folders.UNLABELED, positive_dir=folders.SENSITIVE)
 
 
 def validate_sd_folder(root, config):
@@ -46,7 +59,7 @@ def validate_sd_folder(root, config):
             raise UsageError(f"{folder} is missing; {expected_tree(root, config)}")
         files[y] = list_images(folder)
         if not files[y]:
-            raise UsageError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            raise UsageError(f"{folder} holds no images (any format Pillow reads, nested folders allowed); "
                              f"{expected_tree(root, config)}")
         for path in files[y]:
             try:
@@ -55,8 +68,8 @@ def validate_sd_folder(root, config):
             except (UnidentifiedImageError, OSError, SyntaxError) as e:
                 raise UsageError(f"{path} is not a readable image ({e}); replace or delete it "
                                  f"(make-sd-data.py regenerates missing files)")
-    print(f"{root}: {len(files[UNLABELED])} unlabeled (y = 0, \"{config.unlabeled_caption}\"), "
-          f"{len(files[POSITIVE])} positive (y = 1, \"{config.positive_caption}\")")
+    print(f"{root}: {len(files[UNLABELED])} unlabeled in {config.unlabeled_dir}/ (y = 0, \"{config.unlabeled_caption}\"), "
+          f"{len(files[POSITIVE])} sensitive in {config.positive_dir}/ (y = 1, \"{config.positive_caption}\")")
     return files
 
 
