@@ -207,3 +207,28 @@ def write_coloured_sd_folder(root, n_normal, n_sensitive_in_u, n_s, seed=0):
     for i in range(n_s):
         save(SD_CONFIG.positive_dir, f"brad_pitt_{i:03d}.png", (200, 50, 40))
     return root
+
+
+def write_image_folder(root, n_normal, n_sensitive_in_u, n_s, n_test=0, n_test_sensitive=0, mode="RGB",
+                       sizes=((20, 24), (12, 12)), seed=0):
+    """An image folder in the layout of utils/folders.py: unlabeled/ (normal and hidden sensitive images),
+    sensitive/, and test/normal/, test/sensitive/ where their counts are not 0. Normal images are dark
+    noise, sensitive ones bright, so that any judge tells them apart; in `mode` (L or RGB), of two sizes
+    in turn (`sizes`, width x height), every third one a JPEG, every other one in a nested folder."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+
+    def save(part, n, sensitive, stem):
+        for i in range(n):
+            width, height = sizes[i % len(sizes)]
+            low = 155 if sensitive else 0
+            pixels = rng.integers(low, low + 100, (height, width, 3), dtype=np.uint8)
+            folder = root / part / ("nested/deeper" if i % 2 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).convert(mode).save(folder / f"{stem}_{i:03d}.{'jpg' if i % 3 == 2 else 'png'}")
+    save("unlabeled", n_normal, False, "normal")
+    save("unlabeled", n_sensitive_in_u, True, "sensitive")
+    save("sensitive", n_s, True, "sensitive")
+    save("test/normal", n_test, False, "normal")
+    save("test/sensitive", n_test_sensitive, True, "sensitive")
+    return root

@@ -34,11 +34,12 @@ def write_clip_tokenizer(folder):
     return tokenizer
 
 
-def save_tiny_ddpm(folder, sample_size=32):
-    """A DDPMPipeline with a 2-level UNet2DModel and google/ddpm-cifar10-32's noise schedule."""
+def save_tiny_ddpm(folder, sample_size=32, channels=3):
+    """A DDPMPipeline with a 2-level UNet2DModel taking `channels`-channel images and google/ddpm-cifar10-32's
+    noise schedule."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     torch.manual_seed(TINY_SEED)
-    unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1,
+    unet = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels, layers_per_block=1,
                        block_out_channels=(8, 16), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
