@@ -4,7 +4,8 @@ Every dataset loads through torchvision (`download=True` into the data folder) o
 scikit-learn. The PU split (DESIGN section 3) draws indices with its own generator seeded by --seed
 and keeps the labels y in an array beside the dataset: nothing is ever written into a torchvision
 dataset. Deterministic transforms are applied once (`materialize`) and the results kept as tensors,
-since redoing them per item per epoch would make the loop data-bound.
+since redoing them per item per epoch would make the loop data-bound. Image folders
+(--train_data_dir) come from utils/folders.py as the same PUData.
 """
 import gzip
 import os

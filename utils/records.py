@@ -2,7 +2,7 @@
 
 A run's key is `{script}_{config}_{algorithm}_{beta}_{tags}_{seed}` (`run_key`), with a short tag
 for each setting that differs from its config's (`key_tags`; report.py reads them back with
-`tagged_value`). A training run saves its record as `checkpoints/{key}/run_config.json`
+`tagged_value`); a run on an image folder has the folder's name where the config's stands. A training run saves its record as `checkpoints/{key}/run_config.json`
 (`run_record`); each evaluation writes `outputs/results/{key}.json` (`pixel_result_record`,
 `sd_result_record`, in the schema report.py reads); the evaluators read a run back with
 `read_run_record` and `config_from_record`. Whether a finished run or a training state was made
