@@ -90,6 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", help="data root of the judges and the test set (default: the run's)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: CUDA where there is one")
     p.add_argument("--json", type=Path, help="also write every measurement, check and verdict here")
+    p.add_argument("--cached_only", action="store_true",
+                   help="measure nothing: tabulate what the cache holds (a run still in progress, say)")
     return p.parse_args(argv)
 
 
@@ -164,9 +166,12 @@ class Bench:
     def is_cached(self, sampler, steps, seed):
         return self.key(sampler, steps, seed) in self.cache
 
-    def measurement(self, sampler, steps, seed):
-        """The measurement of `num_samples` images drawn by `sampler` in `steps` steps from `seed`."""
+    def measurement(self, sampler, steps, seed, cached_only=False):
+        """The measurement of `num_samples` images drawn by `sampler` in `steps` steps from `seed`; with
+        `cached_only`, None where it is not cached yet."""
         key = self.key(sampler, steps, seed)
+        if key not in self.cache and cached_only:
+            return None
         if key not in self.cache:
             print(f"measuring {key}", file=sys.stderr)
             measurement = self.measure(sampler, steps, seed)
@@ -211,11 +216,16 @@ def planned(bench, reference_steps, candidates):
             *((sampler, steps, seed) for sampler, steps in candidates)]
 
 
-def checkpoint_results(bench, reference_steps, candidates):
-    """The references and each candidate of one checkpoint, the candidates with their checks."""
-    reference, second, *measured = (bench.measurement(*draw) for draw in planned(bench, reference_steps, candidates))
+def checkpoint_results(bench, reference_steps, candidates, cached_only=False):
+    """The references and each candidate of one checkpoint, the candidates with their checks; with
+    `cached_only`, what the cache holds (None without both references)."""
+    draws = [bench.measurement(*draw, cached_only=cached_only) for draw in planned(bench, reference_steps, candidates)]
+    reference, second, *measured = draws
+    if reference is None or second is None:
+        print(f"{bench.run.key}: the two reference draws are not measured yet", file=sys.stderr)
+        return None
     judged = []
-    for measurement in measured:
+    for measurement in filter(None, measured):
         checks = pass_checks(measurement, reference, second)
         judged.append(dict(measurement, checks=checks, passes=all(checks.values())))
     # The second reference judged by the same rule: what a sampler identical to the reference scores,
@@ -281,11 +291,13 @@ def main(args):
     missing = sum(not b.is_cached(*draw) for b, draw in draws)
     print(f"{len(draws) - missing} measurements cached in {cache_path}, {missing} to measure", file=sys.stderr)
     started = time.time()
-    results = [checkpoint_results(b, args.reference_steps, candidates) for b in benches]
-    passing = passing_everywhere(results, candidates)
+    results = [checkpoint_results(b, args.reference_steps, candidates, args.cached_only) for b in benches]
+    results = [r for r in results if r is not None]
+    passing = passing_everywhere(results, candidates) if results else []
     for result in results:
         print(markdown_table(result) + "\n")
-    print(f"passes on every checkpoint: {', '.join(passing) or 'none'}")
+    partial = " (of the cached measurements only)" if args.cached_only and missing else ""
+    print(f"passes on every checkpoint{partial}: {', '.join(passing) or 'none'}")
     summary = dict(reference=dict(sampler=REFERENCE_SAMPLER, steps=args.reference_steps,
                                   second_seed_offset=SECOND_SEED_OFFSET),
                    tolerances=dict(min_sensitive_share=MIN_SENSITIVE_SHARE_TOLERANCE, class_share=CLASS_SHARE_TOLERANCE,

@@ -309,6 +309,19 @@ def test_benchmark_tables_every_draw_and_resumes_from_its_cache(tiny_run, tmp_pa
     assert captured.out.strip().splitlines()[-1].startswith("passes on every checkpoint: ")
     assert "heun" not in captured.out.strip().splitlines()[-1]
 
+    # --cached_only measures nothing: a candidate not cached yet is left out, missing references leave no table.
+    cache = json.loads((out / bench.CACHE_FILE).read_text())["measurements"]
+    del cache[next(k for k in cache if "|heun|" in k)]
+    (out / bench.CACHE_FILE).write_text(json.dumps(dict(measurements=cache)))
+    partial = bench.main(bench.parse_args([*argv, "--cached_only"]))
+    captured = capsys.readouterr()
+    assert "measuring" not in captured.err and "(of the cached measurements only)" in captured.out
+    assert [c["sampler"] for c in partial["checkpoints"][0]["candidates"]] == ["ddim"]
+    del cache[next(k for k in cache if "|ddpm|" in k)]
+    (out / bench.CACHE_FILE).write_text(json.dumps(dict(measurements=cache)))
+    assert bench.main(bench.parse_args([*argv, "--cached_only"]))["checkpoints"] == []
+    assert "reference draws are not measured yet" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_evaluate_samples_with_every_sampler_and_records_it(tiny_run, tmp_path, sampler, no_inception):
