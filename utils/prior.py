@@ -15,13 +15,17 @@ Three layers, each usable alone:
 - `best_bin_estimate(scores_u, scores_s)`: the estimator on scores you already have (pure numpy);
 - `cross_fitted_scores(n_u, n_s, fit_predict)`: K-fold driver giving every sample a held-out score
   from any classifier you plug in (BBE needs held-out scores: see the function);
-- `estimate_prior_from_features(features_u, features_s)`: both, with a logistic regression of S
-  against U on feature vectors (e.g. CLIP features for Stable Diffusion).
+  `cross_fitted_logistic_scores(features_u, features_s)` plugs in a logistic regression of S against U
+  on feature vectors (e.g. CLIP features for Stable Diffusion);
+- `estimate_prior_from_features(features_u, features_s)`: both.
+`HeldOutScores` keeps a training set's held-out scores in its own order: the Filter baseline
+(utils/selection.py) drops U's top-scoring images by them, and with `--beta auto` the same scores
+give the estimate.
 `check_prior_counts` refuses sets too small to cross-fit. Applying it to the project's data (a PU
 split of images, the Stable Diffusion folders) is utils/prior_data.py's job: this module knows
 nothing of datasets, models or files.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -68,6 +72,7 @@ class PriorEstimate:
     warning: why the estimate may be unreliable, else None.
     delta: the interval fails with probability at most delta.
     folds: the number of cross-fitting folds that made the scores; None for scores given as they are.
+    scores: the HeldOutScores the estimate was read off, where the caller kept them (not recorded).
     """
 
     beta: float
@@ -82,12 +87,51 @@ class PriorEstimate:
     warning: Optional[str]
     delta: float = DEFAULT_DELTA
     folds: Optional[int] = None
+    scores: Optional["HeldOutScores"] = field(default=None, compare=False, repr=False)
 
     def to_record(self):
         """A JSON-ready dict: the estimate, its interval [lower, upper] and how it was reached."""
         return dict(estimate=self.beta, interval=[self.lower, self.upper], method=self.method,
                     delta=self.delta, n_u=self.n_u, n_s=self.n_s, threshold=self.threshold,
                     q_u=self.q_u, q_s=self.q_s, warning=self.warning, folds=self.folds)
+
+
+@dataclass(frozen=True)
+class HeldOutScores:
+    """Held-out scores of S against U for every image of a training set, in the set's own order.
+
+    scores: float64 [N], image i's score from the fold that held it out; higher = more like S.
+    labels: int64 [N], the PU labels (1 = S, 0 = U) the classifiers were trained on.
+    method: how the scores were made, e.g. "5-fold cnn (scratch) logits".
+    folds: the number of cross-fitting folds.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    method: str
+    folds: int
+
+    @property
+    def scores_u(self):
+        return self.scores[self.labels == 0]
+
+    @property
+    def scores_s(self):
+        return self.scores[self.labels == 1]
+
+    @classmethod
+    def from_groups(cls, labels, scores_u, scores_s, method, folds):
+        """The scores of U [n_u] and S [n_s] (each in the order of its group) placed at their images'
+        positions in a set labelled `labels` [N]."""
+        labels = np.asarray(labels, dtype=np.int64)
+        scores = np.empty(len(labels), dtype=np.float64)
+        scores[labels == 0], scores[labels == 1] = scores_u, scores_s
+        return cls(scores, labels, method, folds)
+
+    def estimate(self, delta=DEFAULT_DELTA):
+        """The best-bin estimate of the prior from these scores, carrying them (PriorEstimate.scores)."""
+        estimate = best_bin_estimate(self.scores_u, self.scores_s, delta=delta)
+        return replace(estimate, method=f"{BEST_BIN_METHOD} on {self.method}", folds=self.folds, scores=self)
 
 
 def dkw_margin(n, delta=DEFAULT_DELTA):
@@ -235,15 +279,14 @@ def _as_features(features, name):
     return features
 
 
-def estimate_prior_from_features(features_u, features_s, n_folds=DEFAULT_FOLDS, seed=0,
-                                 delta=DEFAULT_DELTA):
-    """BBE on cross-fitted logistic-regression scores of S against U: features_u [n_u, d],
-    features_s [n_s, d] (e.g. CLIP image features for Stable Diffusion).
+def cross_fitted_logistic_scores(features_u, features_s, n_folds=DEFAULT_FOLDS, seed=0):
+    """Held-out logistic-regression scores of S against U (scores_u [n_u], scores_s [n_s]) from
+    features_u [n_u, d] and features_s [n_s, d] (e.g. CLIP image features for Stable Diffusion).
 
-    Any classifier of S against U ranks samples by p_S / p_U, which is all BBE needs from a score.
-    Class weights are balanced since S is usually far smaller than U. The score is the decision
-    function (log-odds), not predict_proba: on well-separated data the probabilities round to
-    exactly 1.0 and would merge the top of the ranking into one tie.
+    Any classifier of S against U ranks samples by p_S / p_U, which is all BBE (and the Filter
+    baseline) needs from a score. Class weights are balanced since S is usually far smaller than U.
+    The score is the decision function (log-odds), not predict_proba: on well-separated data the
+    probabilities round to exactly 1.0 and would merge the top of the ranking into one tie.
     """
     features_u = _as_features(features_u, "features_u")
     features_s = _as_features(features_s, "features_s")
@@ -262,8 +305,14 @@ def estimate_prior_from_features(features_u, features_s, n_folds=DEFAULT_FOLDS, 
         model.fit(x, y)
         return model.decision_function(features_u[test_u]), model.decision_function(features_s[test_s])
 
-    scores_u, scores_s = cross_fitted_scores(len(features_u), len(features_s), fit_predict,
-                                             n_folds=n_folds, seed=seed)
+    return cross_fitted_scores(len(features_u), len(features_s), fit_predict, n_folds=n_folds, seed=seed)
+
+
+def estimate_prior_from_features(features_u, features_s, n_folds=DEFAULT_FOLDS, seed=0,
+                                 delta=DEFAULT_DELTA):
+    """BBE on cross-fitted logistic-regression scores of S against U (`cross_fitted_logistic_scores`):
+    features_u [n_u, d], features_s [n_s, d] (e.g. CLIP image features for Stable Diffusion)."""
+    scores_u, scores_s = cross_fitted_logistic_scores(features_u, features_s, n_folds=n_folds, seed=seed)
     estimate = best_bin_estimate(scores_u, scores_s, delta=delta)
     return replace(estimate, method=f"{BEST_BIN_METHOD} on {n_folds}-fold logistic regression", folds=n_folds)
 

@@ -1,13 +1,15 @@
-"""The class-prior estimator (utils/prior.py) applied to the project's data, for `--beta auto` and
-estimate-beta.py.
+"""The class-prior estimator (utils/prior.py) applied to the project's data, for `--beta auto`,
+estimate-beta.py and the Filter baseline (utils/selection.py).
 
-- `estimate_prior_for_images(train, config, device)`: a PU training set; each fold trains the
-  dataset's own classifier recipe (utils.data.DATASETS) on S against U;
-- `estimate_prior_for_sd(files, clip, device)`: the Stable Diffusion folders, via CLIP image features;
+- `held_out_image_scores(train, config, device)`: cross-fitted S-vs-U scores of every image of a PU
+  training set; each fold trains the dataset's own classifier recipe (utils.data.DATASETS) on S
+  against U; `estimate_prior_for_images` reads the prior off them;
+- `held_out_sd_scores(files, clip, device)`: the same for the Stable Diffusion folders, by logistic
+  regression on CLIP image features; `estimate_prior_for_sd` reads the prior off them;
 - `beta_estimator_for_images` and `beta_estimator_for_sd_folders`: what the training scripts hand to
-  `Run.resolve`, a function (config, accelerator) -> PriorEstimate that loads the run's data.
+  `Run.resolve`, a function (config, accelerator) -> PriorEstimate that loads the run's data. Each
+  estimate carries its scores (PriorEstimate.scores), so Filter with --beta auto cross-fits once.
 """
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,8 +20,8 @@ from tqdm.auto import tqdm
 
 from utils.classifier import PREDICT_BATCH, autocast, build_classifier, train_classifier
 from utils.data import LabeledSubset, dataset_spec, load_pu_data
-from utils.prior import (BEST_BIN_METHOD, DEFAULT_DELTA, DEFAULT_FOLDS, FOLD_SEED_RANGE, best_bin_estimate,
-                         check_prior_counts, cross_fitted_scores, estimate_prior_from_features)
+from utils.prior import (DEFAULT_DELTA, DEFAULT_FOLDS, FOLD_SEED_RANGE, HeldOutScores, check_prior_counts,
+                         cross_fitted_logistic_scores, cross_fitted_scores)
 from utils.sd import POSITIVE, UNLABELED
 
 CLIP_BATCH_SIZE = 64
@@ -51,9 +53,9 @@ def classifier_logits(model, images, indices, device, batch_size=PREDICT_BATCH):
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def estimate_prior_for_images(train, config, device, seed=0, n_folds=DEFAULT_FOLDS, delta=DEFAULT_DELTA,
-                              recipe=None, weights_path=None):
-    """BBE of the sensitive share of U in `train` (a TensorPUDataset: images in [-1, 1], y = 1 for S).
+def held_out_image_scores(train, config, device, seed=0, n_folds=DEFAULT_FOLDS, recipe=None, weights_path=None):
+    """HeldOutScores of every image of `train` (a TensorPUDataset: images in [-1, 1], y = 1 for S), in
+    its order: the logit of a classifier of S against U that did not see the image.
 
     Each of `n_folds` folds trains a fresh classifier of S (label 1) against U (label 0) on the other
     folds with the dataset's recipe (`recipe` overrides it, e.g. with fewer epochs), built as the
@@ -99,9 +101,15 @@ def estimate_prior_for_images(train, config, device, seed=0, n_folds=DEFAULT_FOL
         scores_u, scores_s = cross_fitted_scores(len(u_idx), len(s_idx), fit_predict, n_folds=n_folds, seed=seed)
     finally:
         bar.close()
-    estimate = best_bin_estimate(scores_u, scores_s, delta=delta)
-    return replace(estimate, method=f"{BEST_BIN_METHOD} on {n_folds}-fold {recipe.arch} ({init}) logits",
-                   folds=n_folds)
+    return HeldOutScores.from_groups(labels, scores_u, scores_s, f"{n_folds}-fold {recipe.arch} ({init}) logits",
+                                     n_folds)
+
+
+def estimate_prior_for_images(train, config, device, seed=0, n_folds=DEFAULT_FOLDS, delta=DEFAULT_DELTA,
+                              recipe=None, weights_path=None):
+    """BBE of the sensitive share of U in `train` on its held-out scores (`held_out_image_scores`, whose
+    arguments it takes), carrying them (PriorEstimate.scores)."""
+    return held_out_image_scores(train, config, device, seed, n_folds, recipe, weights_path).estimate(delta)
 
 
 @torch.inference_mode()
@@ -123,15 +131,24 @@ def clip_image_features(paths, clip, device, batch_size=CLIP_BATCH_SIZE):
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def estimate_prior_for_sd(files, clip, device, seed=0, n_folds=DEFAULT_FOLDS, delta=DEFAULT_DELTA):
-    """BBE of the sensitive share of the Stable Diffusion folders' U (`files` = {0: U paths, 1: S paths},
-    as utils.sd.validate_sd_folder returns) on cross-fitted logistic regression of CLIP image features;
-    `clip` = (CLIPModel, CLIPProcessor), as models.pretrained.load_clip returns."""
+def held_out_sd_scores(files, clip, device, seed=0, n_folds=DEFAULT_FOLDS):
+    """HeldOutScores of the Stable Diffusion folders' images (`files` = {0: U paths, 1: S paths}, as
+    utils.sd.validate_sd_folder returns) in the training set's order, U then S (utils.sd.SDImageDataset):
+    cross-fitted logistic regression of S against U on CLIP image features; `clip` = (CLIPModel,
+    CLIPProcessor), as models.pretrained.load_clip returns."""
     check_prior_counts(len(files[UNLABELED]), len(files[POSITIVE]), n_folds)
     features_u = clip_image_features(files[UNLABELED], clip, device)
     features_s = clip_image_features(files[POSITIVE], clip, device)
-    estimate = estimate_prior_from_features(features_u, features_s, n_folds=n_folds, seed=seed, delta=delta)
-    return replace(estimate, method=f"{estimate.method} of CLIP image features")
+    scores_u, scores_s = cross_fitted_logistic_scores(features_u, features_s, n_folds=n_folds, seed=seed)
+    labels = np.repeat([UNLABELED, POSITIVE], [len(files[UNLABELED]), len(files[POSITIVE])])
+    return HeldOutScores.from_groups(labels, scores_u, scores_s,
+                                     f"{n_folds}-fold logistic regression of CLIP image features", n_folds)
+
+
+def estimate_prior_for_sd(files, clip, device, seed=0, n_folds=DEFAULT_FOLDS, delta=DEFAULT_DELTA):
+    """BBE of the sensitive share of the Stable Diffusion folders' U on their held-out scores
+    (`held_out_sd_scores`), carrying them (PriorEstimate.scores)."""
+    return held_out_sd_scores(files, clip, device, seed, n_folds).estimate(delta)
 
 
 def beta_estimator_for_images(data_dir, seed, classifier_weights=None):
