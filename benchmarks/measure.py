@@ -72,14 +72,15 @@ def peak_flops(device, prec):
 
 
 def count_flops(model, noise_scheduler, image_shape, objective, batch=2):
-    """FLOPs per image of a training step (forward + backward of the objective) and of one sampling
-    step (a forward), counted on a float32 copy of `model` so its gradients stay untouched."""
+    """FLOPs per image of a training step (forward + backward of the objective, a function (L, y,
+    elements per input) as losses.get_objective returns) and of one sampling step (a forward), counted
+    on a float32 copy of `model` so its gradients stay untouched."""
     model = copy.deepcopy(model).float().train()
     device = next(model.parameters()).device
     x = torch.randn(batch, *image_shape, device=device)
     y = torch.arange(batch, device=device) % 2      # both labeled (S) and unlabeled (U) samples
     with FlopCounterMode(display=False) as counter:
-        objective(denoising_error(model, noise_scheduler, x), y.float()).backward()
+        objective(denoising_error(model, noise_scheduler, x), y.float(), x[0].numel()).backward()
     train_flops = counter.get_total_flops() / batch
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(x, 0)

@@ -1,5 +1,7 @@
 """Unsupervised, Supervised and PU objectives, pure functions of (L [B], y [B], beta, correction) -> scalar,
-and `ALGORITHMS`, the one table that names them.
+the NegGrad baseline's, a pure function of (L [B], y [B], weight, cap) -> scalar, and `ALGORITHMS`, the one
+table that names them (with the Filter and Clean baselines, which train the Unsupervised objective on a
+selected training set).
 
 y = 1 marks labeled sensitive samples (S), y = 0 unlabeled ones (U). Each objective is minimised.
 """
@@ -74,27 +76,79 @@ def pu(L, y, beta, correction=DEFAULT_CORRECTION):
     return pu_terms(L, y, beta, correction)[0]
 
 
+def neggrad_terms(L, y, weight, cap):
+    """The NegGrad baseline (gradient ascent on S) with a bounded ascent, and its parts:
+    (loss, {"R_U": R_U, "S_capped": S_capped}).
+
+    R_U = sum((1 - y) * L) / B is the Unsupervised objective; S_capped = sum(y * min(L, cap)) / n_S is
+    the mean over the batch's S samples of their error capped at `cap` (n_S = max(1, sum y));
+    loss = R_U - weight * S_capped. L is unbounded above, so an uncapped ascent has no minimum: the
+    model could lower the loss without end by making its error on S ever larger. At and above the cap
+    an S sample's gradient is zero. The training loop passes cap = d, the number of elements of one
+    model input: E||eps||^2 = d is the error of a model that predicts no noise at all, so an S sample
+    beyond it is already predicted worse than by predicting nothing (docs/baselines.md).
+    """
+    if cap is None or weight is None:
+        raise ValueError("NegGrad needs its ascent weight and the cap of S's error (the training loop passes the "
+                         "number of elements of one model input as the cap)")
+    n_s = y.sum().clamp(min=1)
+    r_u = ((1 - y) * L).sum() / L.shape[0]
+    s_capped = (y * L.clamp(max=cap)).sum() / n_s
+    return r_u - weight * s_capped, dict(R_U=r_u, S_capped=s_capped)
+
+
+def neggrad(L, y, weight, cap):
+    """The NegGrad baseline: sum((1 - y) * L) / B - weight * sum(y * min(L, cap)) / n_S; see `neggrad_terms`."""
+    return neggrad_terms(L, y, weight, cap)[0]
+
+
+# NegGrad's ascent weight when --neggrad_weight is not given. Provisional until the weight sweep of
+# docs/baselines.md is measured: the smallest weight of its grid above the break-even weight
+# |U's sensitive| / (|U| + |S|) = 1/12 of the paper's 10 : 1 : 1 splits, below which the expected
+# objective still descends on sensitive data.
+DEFAULT_NEGGRAD_WEIGHT = 0.1
+# What the objectives take after (L, y): the paper's three take the class prior and PU's correction.
+PRIOR_SETTINGS = ("beta", "correction")
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """One training algorithm: its objective (L [B], y [B], beta, correction) -> scalar, whether it
-    uses the class prior beta (runs of the others record beta as 0.0), and optionally the same
-    objective returning (scalar, {name: part}) with the parts worth logging."""
+    """One training algorithm: its objective, the settings that objective takes, and what it trains on.
+
+    objective: (L [B], y [B], *settings) -> scalar, `settings` being the values named by `takes`, in
+        that order: beta and the correction for the paper's three; the ascent weight and the cap for NegGrad.
+    uses_beta: whether it uses the class prior beta (runs of the others record beta as 0.0).
+    terms: optionally the same objective returning (scalar, {name: part}) with the parts worth logging.
+    selection: None to train on the whole PU split; else the name of a rule of utils.selection that picks
+        the images to train on before training (Filter and Clean train Unsupervised on such a subset).
+    """
 
     objective: Callable
     uses_beta: bool
     terms: Callable = None
+    takes: tuple = PRIOR_SETTINGS
+    selection: str = None
 
-    def objective_with_terms(self, L, y, beta, correction):
+    def objective_with_terms(self, L, y, **settings):
+        """(scalar, {name: part}) of the objective on L and y; `settings` holds at least the names in `takes`."""
+        args = [settings[name] for name in self.takes]
         if self.terms is not None:
-            return self.terms(L, y, beta, correction)
-        return self.objective(L, y, beta, correction), {}
+            return self.terms(L, y, *args)
+        return self.objective(L, y, *args), {}
 
 
 # The single table of algorithms: argparse choices, run keys and the report's row order come from it.
+# The paper's three, then the baselines of docs/baselines.md.
 ALGORITHMS = {
     "Unsupervised": Algorithm(unsupervised, uses_beta=False),
     "Supervised": Algorithm(supervised, uses_beta=False),
     "PU": Algorithm(pu, uses_beta=True, terms=pu_terms),
+    # Unsupervised on U less the beta x |U| images that a cross-fitted classifier of S against U scores highest.
+    "Filter": Algorithm(unsupervised, uses_beta=True, selection="filter"),
+    # Unsupervised on U's normal images only: a ceiling, where U's labels are known.
+    "Clean": Algorithm(unsupervised, uses_beta=False, selection="clean"),
+    # Unsupervised on U plus a weighted ascent on S's capped error.
+    "NegGrad": Algorithm(neggrad, uses_beta=False, terms=neggrad_terms, takes=("weight", "cap")),
 }
 
 
@@ -105,13 +159,22 @@ def get_algorithm(name):
     return ALGORITHMS[name]
 
 
-def get_objective(algorithm, beta, correction=DEFAULT_CORRECTION):
-    """The objective of `algorithm` as a function of (L, y), with beta and the correction bound."""
-    objective = get_algorithm(algorithm).objective
-    return lambda L, y: objective(L, y, beta, correction)
+def get_objective(algorithm, beta, correction=DEFAULT_CORRECTION, neggrad_weight=DEFAULT_NEGGRAD_WEIGHT):
+    """The objective of `algorithm` as a function of (L, y, elements=None), with beta, the correction and
+    NegGrad's weight bound; `elements`, the number of elements of one model input, is NegGrad's cap."""
+    with_terms = get_objective_with_terms(algorithm, beta, correction, neggrad_weight)
+    return lambda L, y, elements=None: with_terms(L, y, elements)[0]
 
 
-def get_objective_with_terms(algorithm, beta, correction=DEFAULT_CORRECTION):
-    """The objective of `algorithm` as a function (L, y) -> (scalar, {name: part to log})."""
+def get_objective_with_terms(algorithm, beta, correction=DEFAULT_CORRECTION, neggrad_weight=DEFAULT_NEGGRAD_WEIGHT):
+    """The objective of `algorithm` as a function (L, y, elements=None) -> (scalar, {name: part to log});
+    the training loop passes `elements`, the number of elements of one model input (NegGrad's cap; the
+    other objectives do not read it)."""
     algorithm = get_algorithm(algorithm)
-    return lambda L, y: algorithm.objective_with_terms(L, y, beta, correction)
+    if "weight" in algorithm.takes and neggrad_weight is None:
+        raise ValueError("NegGrad needs its ascent weight (neggrad_weight)")
+
+    def objective(L, y, elements=None):
+        return algorithm.objective_with_terms(L, y, beta=beta, correction=correction, weight=neggrad_weight,
+                                              cap=elements)
+    return objective

@@ -65,9 +65,9 @@ def install(record):
                 p.register_hook(lambda grad, name=name: record["local_grads"].append((name, grad.detach().clone())))
         return unet
 
-    def recorded_get_objective(algorithm, beta, correction):
+    def recorded_get_objective(algorithm, beta, *settings):
         record["beta"] = beta
-        return get_objective(algorithm, beta, correction)
+        return get_objective(algorithm, beta, *settings)
 
     def rank_moved_estimate(*args, **kwargs):
         estimate = estimate_prior(*args, **kwargs)

@@ -11,7 +11,7 @@ utils.evaluation.EvalOptions: argparse goes no further than this module and the 
 import argparse
 
 from configs import AUTO_BETA, DEFAULT_BETA, DEFAULT_SEED, is_trainable_beta
-from losses import ALGORITHMS, DEFAULT_CORRECTION, PU_CORRECTIONS
+from losses import ALGORITHMS, DEFAULT_CORRECTION, DEFAULT_NEGGRAD_WEIGHT, PU_CORRECTIONS
 from utils.checkpointing import LATEST
 from utils.data import DATA_ON_DEVICE
 from utils.evaluation import EvalOptions
@@ -143,10 +143,17 @@ def add_run_args(parser, configs=None, default_config=None, data_dir=DEFAULT_DAT
         counts = parser.add_argument_group("PU data counts (ablations and small trial runs)")
         for name, (kind, what) in DATA_COUNT_ARGS.items():
             counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
-    parser.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS), help="training objective (default: PU)")
+    parser.add_argument("--algorithm", default="PU", choices=tuple(ALGORITHMS),
+                        help="training algorithm: the paper's Unsupervised, Supervised and PU, or the baselines "
+                             "Filter, Clean and NegGrad (docs/baselines.md) (default: PU)")
+    users = " and ".join(name for name, algorithm in ALGORITHMS.items() if algorithm.uses_beta)
     parser.add_argument("--beta", type=beta_value, default=None,
-                        help=f"class prior: share of sensitive data in U, used by PU only; 'auto' estimates it from U "
-                             f"and S before training (best-bin estimator, utils/prior.py) (default: {DEFAULT_BETA})")
+                        help=f"class prior: share of sensitive data in U, used by {users} only; 'auto' estimates it "
+                             f"from U and S before training (best-bin estimator, utils/prior.py) "
+                             f"(default: {DEFAULT_BETA})")
+    parser.add_argument("--neggrad_weight", type=positive_float, default=None,
+                        help=f"NegGrad only: the weight of the ascent on S's capped error (default: "
+                             f"{DEFAULT_NEGGRAD_WEIGHT}, provisional: docs/baselines.md)")
     parser.add_argument("--seed", type=seed_value, default=DEFAULT_SEED,
                         help="seeds training, the PU split and sampling, in [0, 2**32) (default: %(default)s)")
     parser.add_argument("--pu_correction", default=DEFAULT_CORRECTION, choices=PU_CORRECTIONS,
@@ -213,7 +220,8 @@ def run_request(args, **script_overrides):
     named = {k: getattr(args, k, None) for k in (*DATA_COUNT_ARGS, *TRAINING_OVERRIDES, "num_inference_steps")}
     overrides = {k: v for k, v in {**named, **script_overrides}.items() if v is not None}
     return RunRequest(algorithm=args.algorithm, beta=args.beta, seed=args.seed, pu_correction=args.pu_correction,
-                      overrides=overrides, data_dir=args.data_dir, output_dir=args.output_dir, overwrite=args.overwrite,
+                      neggrad_weight=args.neggrad_weight, overrides=overrides, data_dir=args.data_dir,
+                      output_dir=args.output_dir, overwrite=args.overwrite,
                       resume_from_checkpoint=args.resume_from_checkpoint, checkpointing_steps=args.checkpointing_steps,
                       checkpoints_total_limit=args.checkpoints_total_limit, mixed_precision=args.mixed_precision,
                       allow_tf32=args.allow_tf32, channels_last=args.channels_last, compile=args.compile,

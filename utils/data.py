@@ -248,13 +248,36 @@ def load_dataset(config, data_dir, train, transform=None):
 
 @dataclass
 class PUSplit:
-    """Indices into the train split and their PU labels (1 = labeled sensitive S, 0 = unlabeled U)."""
+    """Indices into the train split and their PU labels (1 = labeled sensitive S, 0 = unlabeled U).
+
+    A config's split lies in the order S, U's sensitive images, U's normal images (`pu_split`), so U's
+    true labels follow from the counts; an image folder's counts of U (None) are unknown.
+    """
 
     indices: np.ndarray
     labels: np.ndarray
     n_u_normal: int
     n_u_sensitive: int
     n_s: int
+
+    def sensitive_in_u(self):
+        """bool [N]: True at U's sensitive images, the truth a config's split knows; None where U's labels
+        are unknown (an image folder)."""
+        if self.n_u_sensitive is None:
+            return None
+        mask = np.zeros(len(self.indices), dtype=bool)
+        mask[self.n_s:self.n_s + self.n_u_sensitive] = True
+        return mask
+
+    def subset(self, kept):
+        """The split of the images at positions `kept` (ascending), in the same order, with its counts."""
+        kept = np.asarray(kept, dtype=np.int64)
+        labels = self.labels[kept]
+        n_s = int(labels.sum())
+        truth = self.sensitive_in_u()
+        n_u_sensitive = None if truth is None else int(truth[kept].sum())
+        n_u_normal = None if truth is None else len(kept) - n_s - n_u_sensitive
+        return PUSplit(self.indices[kept], labels, n_u_normal, n_u_sensitive, n_s)
 
 
 def draw(pool, n, generator, what):

@@ -16,6 +16,7 @@ from utils.files import RESULTS_DIR, RUN_CONFIG_FILE, save_folder_atomically, wr
 from utils.records import run_record, sd_result_record
 from utils.sampling import GRID_SAMPLES, Sampling, generate, sampling_precision, save_grid
 from utils.seeding import seed_everything
+from utils.selection import select_pixel_data, select_sd_files
 from utils.training import TrainingData, train
 
 
@@ -84,9 +85,9 @@ def complete_finished_run(run, evaluation):
 
 
 def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls, evaluation):
-    """Train `unet` on `run`'s PU data, save a `pipeline_cls` checkpoint and an 8 x 8 sample grid,
-    then (unless `evaluation`, utils.evaluation.EvalOptions, asks for 0 samples) evaluate it into
-    outputs/results/{key}.json.
+    """Train `unet` on `run`'s PU data (the images its algorithm selects, utils.selection), save a
+    `pipeline_cls` checkpoint and an 8 x 8 sample grid, then (unless `evaluation`,
+    utils.evaluation.EvalOptions, asks for 0 samples) evaluate it into outputs/results/{key}.json.
 
     Returns (unwrapped unet, data); (None, None) for a finished run re-run.
     """
@@ -97,18 +98,19 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls, evaluation):
         return None, None
     with accelerator.main_process_first():   # one process downloads; the others then read its files
         data = load_pu_data(config, run.data_dir, run.seed)
+    counts = data.counts()   # the split drawn; a selection's own counts are in run.selection
     if accelerator.is_main_process:
-        counts = data.counts()
         u = f"{counts['n_unlabeled']} unlabeled" if data.folder else \
             f"{counts['n_u_normal']} normal + {counts['n_u_sensitive']} sensitive"
         test = f"{counts['n_test']} normal + {counts['n_test_sensitive']} sensitive" if data.folder else counts["n_test"]
         print(f"{run.key}: U = {u}, S = {counts['n_s']}, test = {test}; "
               f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters on {accelerator.device} "
               f"({accelerator.mixed_precision})")
+    data = select_pixel_data(run, data, evaluation.classifier_weights)
     unet = train_run(run, unet, noise_scheduler, TrainingData(data.train, split=data.split))
     if not accelerator.is_main_process:
         return unet, data
-    record = run_record(run, split=data.counts(), device=str(accelerator.device),
+    record = run_record(run, split=counts, device=str(accelerator.device),
                         mixed_precision=accelerator.mixed_precision)
     path = save_pipeline(run, pipeline_cls(unet=unet, scheduler=noise_scheduler), record)
     device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
@@ -120,9 +122,9 @@ def run_pixel_experiment(run, unet, noise_scheduler, pipeline_cls, evaluation):
 
 
 def run_sd_experiment(run, pipe, files, clip, options):
-    """Fine-tune `pipe`'s UNet on the SD folder `files` (VAE and text encoder frozen), save the
-    pipeline and a grid per prompt, and (with a `clip` judge) the CLIP evaluation; `options` are the
-    script's SDOptions.
+    """Fine-tune `pipe`'s UNet on the SD folder `files` (the images its algorithm selects,
+    utils.selection; VAE and text encoder frozen), save the pipeline and a grid per prompt, and (with a
+    `clip` judge) the CLIP evaluation; `options` are the script's SDOptions.
 
     Frozen fp16 copies of the VAE and text encoder run on the device; the fp32 originals stay in
     `pipe` and are saved unchanged.
@@ -135,6 +137,7 @@ def run_sd_experiment(run, pipe, files, clip, options):
     from utils.sd_eval import sample_and_score, save_prompt_grids, write_results
 
     config, accelerator = run.config, run.accelerator
+    selected, split = select_sd_files(run, files, clip, options.clip_model)
     noise_scheduler = training_noise_scheduler(pipe.scheduler, config.pretrained_model)
     device, dtype = sampling_precision(accelerator.device, accelerator.mixed_precision)
     dtype = dtype or torch.float32
@@ -143,9 +146,10 @@ def run_sd_experiment(run, pipe, files, clip, options):
     if options.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     # Refuses --data_on_device yes (images are decoded per item) before the loop writes its logs.
-    dataset = place_on_device(SDImageDataset(files, config, pipe.tokenizer), accelerator.device,
+    dataset = place_on_device(SDImageDataset(selected, config, pipe.tokenizer), accelerator.device,
                               run.request.data_on_device)
-    data = TrainingData(dataset, to_model_input=make_sd_model_input(vae, text_encoder), num_workers=options.num_workers)
+    data = TrainingData(dataset, to_model_input=make_sd_model_input(vae, text_encoder), split=split,
+                        num_workers=options.num_workers)
     unet = train_run(run, pipe.unet, noise_scheduler, data, trainable_parameters=pipe.unet.parameters())
     del vae, text_encoder
     accelerator.free_memory()   # collects the frozen copies before sampling

@@ -29,6 +29,7 @@ KEY_TAGS = {"n_u_normal": "nUn", "n_u_sensitive": "nUs", "n_s": "nS", "n_test": 
             "batch_size": "bs", "learning_rate": "lr", "num_inference_steps": "steps", "resolution": "res",
             "image_size": "res", "channels": "ch"}
 CORRECTION_TAG = "nn"                   # --pu_correction nn (abs is the default)
+NEGGRAD_WEIGHT_TAG = "w"                # --neggrad_weight 0.3 makes main_Digits_even_NegGrad_0.0_w0.3_0
 # Config fields that only change sampling or evaluation, or say where the data lies (a moved folder
 # holds the same images); every other field must match to resume or to count a run as finished.
 FREE_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size", "clip_model",
@@ -56,11 +57,14 @@ def tag_value(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def key_tags(config, base, correction, default_correction):
-    """The key tags of the settings in which `config` differs from `base`, in KEY_TAGS order."""
+def key_tags(config, base, correction, default_correction, neggrad_weight=None, default_neggrad_weight=None):
+    """The key tags of the settings in which `config` differs from `base`, in KEY_TAGS order, then the
+    correction's and NegGrad's weight's where they differ from their defaults."""
     tags = [f"{tag}{tag_value(getattr(config, name))}" for name, tag in KEY_TAGS.items()
             if hasattr(base, name) and getattr(config, name) != getattr(base, name)]
-    return tags + ([CORRECTION_TAG] if correction != default_correction else [])
+    weight = [f"{NEGGRAD_WEIGHT_TAG}{tag_value(float(neggrad_weight))}"] \
+        if neggrad_weight is not None and neggrad_weight != default_neggrad_weight else []
+    return tags + ([CORRECTION_TAG] if correction != default_correction else []) + weight
 
 
 def tagged_value(tags, name):
@@ -97,13 +101,16 @@ def result_key(key, config, num_inference_steps, sampler=None):
 
 # --- Whether saved settings match ---
 
-def training_settings(config, correction, num_processes=None, mixed_precision=None):
+def training_settings(config, correction, num_processes=None, mixed_precision=None, neggrad_weight=None):
     """What a run's outputs depend on, as JSON holds it: the config's training fields (a Config, an
-    SDConfig or a record's config dict) and the correction; for a training state also the process
-    count and the precision."""
+    SDConfig or a record's config dict) and the correction; NegGrad's weight where there is one (its
+    default may change, and a default run's key does not name it); for a training state also the
+    process count and the precision."""
     values = config if isinstance(config, dict) else config.to_dict()
     settings = dict({k: v for k, v in values.items()
                      if k not in FREE_FIELDS and ADDED_FIELDS.get(k, MISSING) != v}, pu_correction=correction)
+    if neggrad_weight is not None:
+        settings.update(neggrad_weight=neggrad_weight)
     if num_processes is not None:
         settings.update(num_processes=num_processes, mixed_precision=mixed_precision)
     return json.loads(json.dumps(settings))
@@ -132,10 +139,13 @@ SD_EVAL_PACKAGES = ("torch", "diffusers", "transformers")
 
 
 def run_identity(run):
-    """The fields that name a run in its record and in every result of it."""
+    """The fields that name a run in its record and in every result of it; a NegGrad run adds its weight,
+    a Filter or Clean run what its selection dropped (utils.selection.Selection.record)."""
+    baselines = {k: v for k, v in dict(neggrad_weight=run.neggrad_weight, selection=run.selection).items()
+                 if v is not None}
     return dict(script=run.script, config_name=run.config_name, algorithm=run.algorithm, beta=run.beta,
                 beta_estimate=run.beta_estimate, seed=run.seed, pu_correction=run.pu_correction,
-                key_tags=list(run.tags))
+                key_tags=list(run.tags), **baselines)
 
 
 def run_record(run, **extra):

@@ -275,7 +275,7 @@ def group_label(column, group):
 
 def reference_levels(results):
     """(label, mean rate) of the default runs of each algorithm that does not use beta (Unsupervised,
-    Supervised): the levels a sweep of PU is read against."""
+    Supervised, Clean, NegGrad): the levels a sweep of PU or Filter is read against."""
     rates = defaultdict(list)
     for r in results:
         algorithm = ALGORITHMS.get(r["algorithm"])

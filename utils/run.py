@@ -20,11 +20,12 @@ from accelerate.utils import broadcast_object_list
 
 from configs import AUTO_BETA, DEFAULT_BETA, DEFAULT_SEED, is_trainable_beta, with_overrides
 from configs.sd import SD_CONFIG_NAME
-from losses import DEFAULT_CORRECTION, get_algorithm
+from losses import ALGORITHMS, DEFAULT_CORRECTION, DEFAULT_NEGGRAD_WEIGHT, get_algorithm
 from utils.checkpointing import LATEST, Checkpointing
 from utils.errors import UsageError
 from utils.files import RESULTS_DIR, RUN_CONFIG_FILE
 from utils.records import check_same_settings, key_tags, result_key, run_key, training_settings
+from utils.selection import check_selection
 from utils.training import TrainingSpec, make_accelerator
 
 DEFAULT_DATA_DIR = "datasets"
@@ -59,6 +60,7 @@ class RunRequest:
     beta: object = None                   # a number, AUTO_BETA, or None for the algorithm's default
     seed: int = DEFAULT_SEED
     pu_correction: str = DEFAULT_CORRECTION
+    neggrad_weight: float = None          # NegGrad's ascent weight; None for its default
     overrides: dict = field(default_factory=dict)   # config fields to change (n_s, num_epochs, ...)
     data_dir: str = DEFAULT_DATA_DIR
     output_dir: str = "."
@@ -94,6 +96,11 @@ class Run:
     train_seconds: float = None      # a finished run's training time (its record's, or fixed by finish_training)
     beta_auto: bool = False          # --beta auto: beta was estimated from U and S (the key says auto)
     beta_estimate: dict = None       # the estimate, its interval and method (utils.prior.PriorEstimate)
+    held_out_scores: object = None   # --beta auto: the cross-fitted S-vs-U scores behind the estimate
+                                     # (utils.prior.HeldOutScores), which Filter's selection reuses; not recorded
+    neggrad_weight: float = None     # NegGrad's ascent weight; None for the other algorithms
+    selection: dict = None           # Filter and Clean: what the selection dropped (utils.selection), fixed
+                                     # when the data is selected, before training
     done: bool = False               # finished earlier with these settings: nothing to train
     replaced: tuple = ()             # --overwrite: the old run's grids, results and logs, deleted once
                                      # the new pipeline is saved (save_pipeline)
@@ -129,7 +136,7 @@ class Run:
         return TrainingSpec(config=self.config, algorithm=self.algorithm, beta=self.beta,
                             correction=self.pu_correction, seed=self.seed, channels_last=request.channels_last,
                             compile=request.compile, data_on_device=request.data_on_device,
-                            beta_estimate=self.beta_estimate)
+                            beta_estimate=self.beta_estimate, neggrad_weight=self.neggrad_weight)
 
     @classmethod
     def resolve(cls, request, script, config_name, base, estimate_beta=None):
@@ -138,25 +145,40 @@ class Run:
 
         Applies the request's overrides to `base`, settles beta (the default for algorithms that use
         it, 0.0 for the others; with --beta auto, `estimate_beta(config, accelerator)` ->
-        utils.prior.PriorEstimate), forms the key, makes the accelerator (it decides precision and
-        process count) and resolves the training state to resume from against the final settings.
+        utils.prior.PriorEstimate) and NegGrad's weight, refuses a selection the data cannot back
+        (Clean where U's labels are unknown), forms the key, makes the accelerator (it decides
+        precision and process count) and resolves the training state to resume from against the
+        final settings.
         """
         config = with_overrides(base, **request.overrides)
         algorithm = get_algorithm(request.algorithm)
         auto = request.beta == AUTO_BETA
+        users = [name for name, a in ALGORITHMS.items() if a.uses_beta]   # PU and Filter
         if auto and not algorithm.uses_beta:
-            raise UsageError(f"--beta auto estimates the class prior that PU uses; {request.algorithm} does not use "
-                             f"beta: drop --beta or use --algorithm PU")
+            raise UsageError(f"--beta auto estimates the class prior that {' and '.join(users)} use; "
+                             f"{request.algorithm} does not use beta: drop --beta or use --algorithm "
+                             f"{' or '.join(users)}")
         if not algorithm.uses_beta and request.beta is not None:
-            print(f"note: --beta {request.beta} is used by PU only; {request.algorithm} records beta as 0.0")
+            print(f"note: --beta {request.beta} is used by {' and '.join(users)} only; {request.algorithm} records "
+                  f"beta as 0.0")
+        weighted = "weight" in algorithm.takes
+        if not weighted and request.neggrad_weight is not None:
+            print(f"note: --neggrad_weight {request.neggrad_weight} is used by NegGrad only; {request.algorithm} "
+                  f"ignores it")
+        neggrad_weight = (request.neggrad_weight if request.neggrad_weight is not None else DEFAULT_NEGGRAD_WEIGHT) \
+            if weighted else None
+        check_selection(algorithm.selection, request.algorithm, config)
         # --beta auto leaves beta unset (None) until settle_beta: the finished run's, the resumed
         # state's or a new estimate.
         beta = (request.beta if request.beta is not None else DEFAULT_BETA) if algorithm.uses_beta else 0.0
         run = cls(script=script, config_name=config_name, config=config, algorithm=request.algorithm,
                   beta=None if auto else beta, seed=request.seed, pu_correction=request.pu_correction,
-                  root=Path(request.output_dir), request=request, beta_auto=auto,
-                  tags=tuple(key_tags(config, base, request.pu_correction, DEFAULT_CORRECTION)))
+                  root=Path(request.output_dir), request=request, beta_auto=auto, neggrad_weight=neggrad_weight,
+                  tags=tuple(key_tags(config, base, request.pu_correction, DEFAULT_CORRECTION, neggrad_weight,
+                                      DEFAULT_NEGGRAD_WEIGHT)))
         finished = run.check_writable()
+        if finished is not None:   # its results, if completed now, carry what its selection dropped
+            run.selection = finished.get("selection")
         run.accelerator = make_accelerator(request.mixed_precision, request.allow_tf32)
         if finished is None:
             run.checkpointing = Checkpointing.resolve(
@@ -179,7 +201,8 @@ class Run:
                    beta_estimate=record.get("beta_estimate"),
                    config=config, algorithm=record["algorithm"], beta=record["beta"], seed=record["seed"],
                    pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION, root=Path(root),
-                   tags=tuple(record.get("key_tags", ())), request=request, train_seconds=record.get("train_seconds"))
+                   tags=tuple(record.get("key_tags", ())), request=request, train_seconds=record.get("train_seconds"),
+                   neggrad_weight=record.get("neggrad_weight"), selection=record.get("selection"))
 
     def outputs_named_by_key(self, folder, suffix):
         """`folder`'s files of this key: {key}{suffix} and the re-evaluations' {key}_*{suffix}."""
@@ -205,8 +228,10 @@ class Run:
         if finished and not request.overwrite:
             if request.resume_from_checkpoint == LATEST and (self.checkpoint_dir / RUN_CONFIG_FILE).is_file():
                 record = json.loads((self.checkpoint_dir / RUN_CONFIG_FILE).read_text())
-                check_same_settings(training_settings(record["config"], record.get("pu_correction")),
-                                    training_settings(self.config, self.pu_correction),
+                check_same_settings(training_settings(record["config"], record.get("pu_correction"),
+                                                      neggrad_weight=record.get("neggrad_weight")),
+                                    training_settings(self.config, self.pu_correction,
+                                                      neggrad_weight=self.neggrad_weight),
                                     f"{self.checkpoint_dir} holds a finished run",
                                     "pass --overwrite to replace it or choose another --output_dir")
                 self.done = True
@@ -226,7 +251,9 @@ class Run:
 
         Every process estimates, and all take process 0's estimate: on a GPU the classifiers are not
         bit-exact, and one DDP model must train with one beta. The beta is saved with every training
-        state (TrainingSpec.auto_beta), so a resume never trains on with a new estimate.
+        state (TrainingSpec.auto_beta), so a resume never trains on with a new estimate. A new
+        estimate's held-out scores are kept (`held_out_scores`) for Filter's selection: one
+        cross-fitting gives both.
         """
         if finished is not None:
             self.beta, self.beta_estimate = finished["beta"], finished.get("beta_estimate")
@@ -238,6 +265,7 @@ class Run:
         else:
             estimate = broadcast_object_list([estimate_beta(self.config, self.accelerator)])[0]
             self.beta, self.beta_estimate = trainable_beta(estimate), estimate.to_record()
+            self.held_out_scores = estimate.scores
             note = f"; warning: {estimate.warning}" if estimate.warning else ""
             message = (f"beta auto: {estimate.beta:.4f}, {1 - estimate.delta:.0%} interval [{estimate.lower:.4f}, "
                        f"{estimate.upper:.4f}] ({estimate.method}, |U| = {estimate.n_u}, |S| = {estimate.n_s}){note}")

@@ -60,6 +60,7 @@ class TrainingSpec:
     compile: bool = False
     data_on_device: str = "auto"
     beta_estimate: dict = None           # --beta auto: how beta was estimated (utils.prior.PriorEstimate.to_record)
+    neggrad_weight: float = None         # NegGrad's ascent weight (None for the other algorithms)
 
     @property
     def auto_beta(self):
@@ -69,7 +70,7 @@ class TrainingSpec:
     def settings(self, accelerator):
         """What a resume must match (utils.records.training_settings)."""
         return training_settings(self.config, self.correction, accelerator.num_processes,
-                                 accelerator.mixed_precision)
+                                 accelerator.mixed_precision, neggrad_weight=self.neggrad_weight)
 
 
 def images_to_model_input(batch):
@@ -232,7 +233,7 @@ class Session:
     progress: TrainingProgress
     guard: NonFiniteGuard
     settings: dict
-    objective: Callable                     # (L, y) -> (loss, {name: part to log})
+    objective: Callable                     # (L, y, elements per input) -> (loss, {name: part to log})
     noise_scheduler: object
     to_model_input: Callable
     checkpointing: object = None            # utils.checkpointing.Checkpointing, or None to save nothing
@@ -269,9 +270,9 @@ def prepare(accelerator, model, noise_scheduler, data, spec, *, trainable_parame
     if checkpointing is not None:
         checkpointing.start(accelerator, progress)
     guard = NonFiniteGuard(accelerator, spec.algorithm, len(loader))
+    objective = get_objective_with_terms(spec.algorithm, spec.beta, spec.correction, spec.neggrad_weight)
     return Session(spec, model, params, optimizer, lr_scheduler, loader, shuffle, progress, guard,
-                   spec.settings(accelerator), get_objective_with_terms(spec.algorithm, spec.beta, spec.correction),
-                   noise_scheduler, data.to_model_input, checkpointing)
+                   spec.settings(accelerator), objective, noise_scheduler, data.to_model_input, checkpointing)
 
 
 def epoch_batches(session, epoch, device):
@@ -356,14 +357,15 @@ def train_epoch(accelerator, s, stop, epoch, step):
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=progress.batch,
                total=len(s.loader), disable=not accelerator.is_local_main_process, leave=False)
     for batch in bar:
-        # 1. The batch as model input; the per-sample error L and the objective under autocast.
+        # 1. The batch as model input; the per-sample error L and the objective under autocast (NegGrad
+        #    caps S's error at the size of one input, the error of predicting no noise).
         x0, cond, y = s.to_model_input(batch)
         if s.spec.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         y = y.to(x0.device, torch.float32)
         with accelerator.autocast():
             L = denoising_error(s.model, s.noise_scheduler, x0, cond=cond)
-            loss, terms = s.objective(L, y)
+            loss, terms = s.objective(L, y, x0[0].numel())
         # 2. Backward and the optimizer step, outside autocast.
         accelerator.backward(loss)
         grad_norm = None
