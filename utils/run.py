@@ -159,8 +159,8 @@ class Run:
                              f"{request.algorithm} does not use beta: drop --beta or use --algorithm "
                              f"{' or '.join(users)}")
         if not algorithm.uses_beta and request.beta is not None:
-            print(f"note: --beta {request.beta} is used by {' and '.join(users)} only; {request.algorithm} records "
-                  f"beta as 0.0")
+            print(f"note: --beta {request.beta} is used by PU only; {request.algorithm} records beta as 0.0 (the "
+                  f"baseline Filter also takes it, as the share of U it drops)")
         weighted = "weight" in algorithm.takes
         if not weighted and request.neggrad_weight is not None:
             print(f"note: --neggrad_weight {request.neggrad_weight} is used by NegGrad only; {request.algorithm} "
