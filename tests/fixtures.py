@@ -232,3 +232,29 @@ def write_image_folder(root, n_normal, n_sensitive_in_u, n_s, n_test=0, n_test_s
     save("test/normal", n_test, False, "normal")
     save("test/sensitive", n_test_sensitive, True, "sensitive")
     return root
+
+
+def tree(root):
+    """Every file under `root` with its size and modification time: what 'nothing written' compares."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def refused(script, argv, capsys, watch):
+    """Run `script` on `argv`: assert exit 2, one error line and no change under `watch`; return the line."""
+    import pytest
+
+    from tiny_models import load_script
+    from utils.errors import USAGE_EXIT_CODE
+    module = load_script(script)
+    before = tree(watch)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(module.parse_args([str(a) for a in argv]))
+    assert stopped.value.code == USAGE_EXIT_CODE
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    assert tree(watch) == before
+    return errors[0]
+

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import write_cifar10
+from fixtures import refused, write_cifar10
 from tiny_models import load_script, save_tiny_ddpm, save_tiny_stable_diffusion
 from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
-from utils.errors import USAGE_EXIT_CODE
 
 DIGITS = ["--config_name", "Digits_even", "--n_u_normal", "200", "--n_u_sensitive", "20", "--n_s", "20",
           "--num_epochs", "1", "--batch_size", "32", "--num_inference_steps", "2", "--num_eval_samples", "0"]
@@ -31,27 +30,6 @@ CIFAR_SIZE = 32
 CIFAR = ["--config_name", "CIFAR10_vehicles", "--n_u_normal", "8", "--n_u_sensitive", "1", "--n_s", "2",
          "--n_test", "4", "--num_eval_samples", "0"]
 SD = ["--num_eval_samples", "0", "--resolution", "16", "--num_epochs", "1"]
-
-
-def tree(root):
-    """Every file under `root` with its size and modification time: what 'nothing written' compares."""
-    root = Path(root)
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
-
-
-def refused(script, argv, capsys, watch):
-    """Run `script` on `argv`: assert exit 2, one error line and no change under `watch`; return the line."""
-    module = load_script(script)
-    before = tree(watch)
-    with pytest.raises(SystemExit) as stopped:
-        module.main(module.parse_args([str(a) for a in argv]))
-    assert stopped.value.code == USAGE_EXIT_CODE
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1, errors
-    assert tree(watch) == before
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

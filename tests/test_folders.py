@@ -8,7 +8,6 @@ offline (no Inception weights: FID is null with its reason).
 """
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from configs import get_config, with_overrides
-from fixtures import write_image_folder
+from fixtures import refused, write_image_folder
 from tiny_models import load_script, save_tiny_ddpm
 from utils.errors import USAGE_EXIT_CODE
 from utils.folders import folder_name, list_images, load_folder_data, load_images, scan_folder
@@ -30,24 +29,6 @@ TAGS = "ep1_bs8_steps2"
 def run_script(script, argv):
     module = load_script(script)
     module.main(module.parse_args([str(a) for a in argv]))
-
-
-def tree(root):
-    root = Path(root)
-    return {} if not root.exists() else {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
-
-
-def refused(script, argv, capsys, watch):
-    """Run `script`: assert exit 2, one error line and nothing written under `watch`; return the line."""
-    module = load_script(script)
-    before = tree(watch)
-    with pytest.raises(SystemExit) as stopped:
-        module.main(module.parse_args([str(a) for a in argv]))
-    assert stopped.value.code == USAGE_EXIT_CODE
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1, errors
-    assert tree(watch) == before
-    return errors[0]
 
 
 def result_of(out, key):
