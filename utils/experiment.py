@@ -132,7 +132,6 @@ def run_sd_experiment(run, pipe, files, clip, options):
     from diffusers import StableDiffusionPipeline
 
     from models.pretrained import training_noise_scheduler
-    from utils.data import place_on_device
     from utils.sd import SDImageDataset, frozen_copy, make_sd_model_input
     from utils.sd_eval import sample_and_score, save_prompt_grids, write_results
 
@@ -145,10 +144,8 @@ def run_sd_experiment(run, pipe, files, clip, options):
     text_encoder = frozen_copy(pipe.text_encoder, accelerator.device, dtype)
     if options.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    # Refuses --data_on_device yes (images are decoded per item) before the loop writes its logs.
-    dataset = place_on_device(SDImageDataset(selected, config, pipe.tokenizer), accelerator.device,
-                              run.request.data_on_device)
-    data = TrainingData(dataset, to_model_input=make_sd_model_input(vae, text_encoder), split=split,
+    # Images are decoded per item: main-sd.py offers no --data_on_device, and prepare() leaves the dataset in place.
+    data = TrainingData(SDImageDataset(selected, config, pipe.tokenizer), to_model_input=make_sd_model_input(vae, text_encoder), split=split,
                         num_workers=options.num_workers)
     unet = train_run(run, pipe.unet, noise_scheduler, data, trainable_parameters=pipe.unet.parameters())
     del vae, text_encoder
