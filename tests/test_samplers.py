@@ -213,6 +213,16 @@ def test_a_missing_precision_fails_rather_than_passes():
     assert not bench.pass_checks(dict(REFERENCE, precision=None, unet_evaluations=100), REFERENCE, SECOND)["precision"]
 
 
+def test_class_share_z_is_the_difference_in_binomial_standard_errors():
+    # 0.30 against 0.33 of 1,000 draws each: sqrt(0.3 * 0.7 / 1000 + 0.33 * 0.67 / 1000) = 0.020763.
+    assert bench.share_difference_z(0.30, 0.33, 1000, 1000) == pytest.approx(0.03 / 0.020763, rel=1e-4)
+    assert bench.share_difference_z(0.0, 0.0, 400, 1000) == 0.0
+    a = dict(num_samples=1000, shares={"0": 0.30, "1": 0.70})
+    b = dict(num_samples=1000, shares={"0": 0.33, "1": 0.62, "2": 0.05})     # class 2 unseen in a
+    z_class_2 = 0.05 / (0.05 * 0.95 / 1000) ** 0.5
+    assert bench.largest_share_z(a, b) == pytest.approx(z_class_2)
+
+
 def test_candidates_parse_and_bad_ones_say_what_to_write():
     args = bench.parse_args(["ckpt", "--output_dir", "out", "--candidates", "dpmpp_2m:20,50", "unipc:25"])
     assert bench.unique(args.candidates) == [("dpmpp_2m", 20), ("dpmpp_2m", 50), ("unipc", 25)]
