@@ -25,9 +25,8 @@ On an image folder (config.train_data_dir, utils/folders.py) the sensitivity jud
 test/normal against test/sensitive, and FID and fd_classifier measure against test/normal; what the
 folder cannot back is null: the rate without labeled test images, the class classifier's measures
 always (folders have no class labels). `unavailable` maps every null metric to the reason. A pipeline
-this project did not train (`PipelineRun`) is evaluated the same way against a config's data or a folder.
+this project did not train (utils.pipelines) is evaluated the same way against a config's data or a folder.
 """
-import inspect
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,6 @@ from pathlib import Path
 import torch
 
 from configs import Config
-from models import sampler_for_scheduler
 from utils.classifier import CLASSES, PREDICT_BATCH, check_classifier_weights, classifier_loader, \
     features_and_predictions, load_or_train_classifier, num_outputs, predict_normal
 from utils.data import normal_test_set
@@ -43,8 +41,8 @@ from utils.errors import UsageError, first_line
 from utils.files import RESULTS_DIR, write_json_atomically
 from utils.metrics import ClassifierFeatures, batches, class_quality, frechet_distances, frechet_metric, \
     inception_metric_or_reason, non_sensitive_rate
-from utils.records import PIPELINE_SCRIPT, config_from_record, pixel_result_record, read_run_record, unreadable
-from utils.run import DEFAULT_DATA_DIR, Run, RunRequest
+from utils.records import config_from_record, pixel_result_record, read_run_record, unreadable
+from utils.run import Run
 from utils.sampling import AUTO, Sampling, check_samples_folder, generate, resolve_eval_batch_size, save_samples
 
 # Why a folder's judges are missing (utils.folders), as the results and the run's notes give it.
@@ -259,42 +257,3 @@ def load_checkpoint_model(checkpoint, device):
         raise UsageError(f"cannot load the pipeline in {checkpoint} ({first_line(e)}); the checkpoint is damaged, "
                          f"re-run the training that wrote it")
     return pipeline.unet.to(device).eval(), pipeline.scheduler
-
-
-class PipelineRun(Run):
-    """A pipeline this project did not train, evaluated as a run is: its folder's name stands where a
-    run's algorithm does (its row in report.py) and, with the data's name, the sampler, the step count
-    and the seed, makes its key: pipeline_{name}_{data}_{sampler}_steps{N}_{seed}. No training lies
-    behind it: no PU counts, no training time."""
-
-    @property
-    def key(self):
-        config = self.config
-        return "_".join([PIPELINE_SCRIPT, self.algorithm, self.config_name, config.sampler,
-                         f"steps{config.num_inference_steps}", str(self.seed)])
-
-    def elapsed(self):
-        return None
-
-
-def pipeline_run(pipeline_dir, config_name, config, seed, root, data_dir=None):
-    """The PipelineRun of the pipeline folder `pipeline_dir` judged against `config` (named `config_name`:
-    a registry config, or an image folder's name), its outputs going under `root`."""
-    from utils.folders import folder_name
-    request = RunRequest(data_dir=data_dir or DEFAULT_DATA_DIR, output_dir=str(root))
-    return PipelineRun(script=PIPELINE_SCRIPT, config_name=config_name, config=config, algorithm=folder_name(pipeline_dir),
-                       beta=0.0, seed=seed, pu_correction=None, root=Path(root), request=request)
-
-
-def pipeline_sampling(index, scheduler_config):
-    """(sampler, steps) a pipeline draws with by itself: its scheduler's class as a models.SAMPLERS name,
-    and the default step count of its class's __call__ (DDPMPipeline 1000, DDIMPipeline 50); None for
-    either that cannot be told."""
-    import diffusers
-    sampler = sampler_for_scheduler(scheduler_config.get("_class_name"))
-    pipeline_cls = getattr(diffusers, str(index.get("_class_name")), None)
-    steps = None
-    if pipeline_cls is not None:
-        parameter = inspect.signature(pipeline_cls.__call__).parameters.get("num_inference_steps")
-        steps = parameter.default if parameter is not None and isinstance(parameter.default, int) else None
-    return sampler, steps
