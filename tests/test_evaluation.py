@@ -254,7 +254,7 @@ def test_config_survives_the_json_round_trip_of_run_config():
 def test_result_key_is_tagged_only_when_sampler_or_steps_differ_from_the_config():
     config = get_config(DIGITS)
     run = Run(script="main", config_name=DIGITS, config=config, algorithm="PU", beta=0.1, seed=42,
-              pu_correction="abs", root=Path("."))
+              pu_correction="abs")
     key = "main_Digits_even_PU_0.1_42"
     assert run.result_key(config.num_inference_steps) == key
     assert run.result_key(7) == f"{key}_steps7"

@@ -99,7 +99,7 @@ def foreign_pipeline_run(pipeline_dir, root, *, config_name=None, train_data_dir
     return PipelineRun(script=PIPELINE_SCRIPT, config_name=name,
                        config=replace(config, sampler=sampler, num_inference_steps=steps),
                        algorithm=folder_name(pipeline_dir), beta=0.0, seed=FOREIGN_SEED if seed is None else seed,
-                       pu_correction=None, root=Path(root), request=request)
+                       pu_correction=None, request=request)
 
 
 def trained_run(checkpoint, root, *, config_name=None, train_data_dir=None, seed=None):

@@ -87,7 +87,6 @@ class Run:
     beta: float                      # 0.0 for algorithms that do not use it
     seed: int
     pu_correction: str
-    root: Path
     tags: tuple = ()                 # key tags of the settings that differ from the config's
     request: RunRequest = field(default_factory=RunRequest)   # what was asked (a record's, read back)
     accelerator: object = None
@@ -109,6 +108,11 @@ class Run:
     def key(self):
         return run_key(self.script, self.config_name, self.algorithm, AUTO_BETA if self.beta_auto else self.beta,
                        self.tags, self.seed)
+
+    @property
+    def root(self):
+        """The output root: checkpoints/ and outputs/ lie below it."""
+        return Path(self.request.output_dir)
 
     @property
     def data_dir(self):
@@ -173,7 +177,7 @@ class Run:
         beta = (request.beta if request.beta is not None else DEFAULT_BETA) if algorithm.uses_beta else 0.0
         run = cls(script=script, config_name=config_name, config=config, algorithm=request.algorithm,
                   beta=None if auto else beta, seed=request.seed, pu_correction=request.pu_correction,
-                  root=Path(request.output_dir), request=request, beta_auto=auto, neggrad_weight=neggrad_weight,
+                  request=request, beta_auto=auto, neggrad_weight=neggrad_weight,
                   tags=tuple(key_tags(config, base, request.pu_correction, DEFAULT_CORRECTION, neggrad_weight,
                                       DEFAULT_NEGGRAD_WEIGHT)))
         finished = run.check_writable()
@@ -200,7 +204,7 @@ class Run:
         return cls(script=record["script"], config_name=config_name, beta_auto=bool(record.get("beta_estimate")),
                    beta_estimate=record.get("beta_estimate"),
                    config=config, algorithm=record["algorithm"], beta=record["beta"], seed=record["seed"],
-                   pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION, root=Path(root),
+                   pu_correction=record.get("pu_correction") or DEFAULT_CORRECTION,
                    tags=tuple(record.get("key_tags", ())), request=request, train_seconds=record.get("train_seconds"),
                    neggrad_weight=record.get("neggrad_weight"), selection=record.get("selection"))
 
