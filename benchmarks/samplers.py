@@ -14,11 +14,14 @@ max(1 point, the references' spread) of the reference's, every class's share wit
 precision and recall within 0.02, fd_classes within the references' own spread, and at most a tenth
 of the reference's UNet evaluations. It passes overall when it passes on every checkpoint given.
 The second reference is judged by the same rule too (but for the evaluation count): a sampler that
-draws from the reference's own distribution fails the share and precision/recall checks as often as
-the second reference does, so its verdict is the rule's noise floor at this many samples. The table's
-"max class z" (not part of the rule) puts the largest class-share difference in standard errors of a
-difference of two binomial shares: over ten classes, noise alone keeps it below 2.8 in 19 draws of 20
-(the largest of ten independent |N(0, 1)|).
+draws from the reference's own distribution from an independent seed fails the share and
+precision/recall checks as often as the second reference does, so its verdict is the rule's noise
+floor at this many samples. The table's
+"max class z" (not part of the rule) is the largest, over the classes, of a class's share difference
+in standard errors (a two-proportion z): for two independent draws of the same sampler, noise alone
+keeps it below 2.8 over ten classes in at least 19 draws of 20 (c with (2 Phi(c) - 1)^K = 0.95 for K
+classes; correlated shares only lower it). That calibrates the second reference's row; a candidate
+starts from the reference's own seed, so its draw is correlated with the reference's and its z reads low.
 
 The default candidates take 1,338 UNet evaluations per image, the two references 2,000: about 3.3
 times one 1,000-step draw, which for 1,000 images of a 16 px model takes 30-47 minutes on one CPU core.
@@ -114,8 +117,9 @@ def largest_share_difference(measurement, reference):
 
 def share_difference_z(a, b, n_a, n_b):
     """|a - b| in standard errors of the difference of two independent binomial shares (a of n_a draws,
-    b of n_b); 0 where both are 0 or 1. Not part of the rule: it says whether a difference can be noise."""
-    standard_error = math.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
+    b of n_b), pooled as the two-proportion test pools them; 0 where both are 0 or both 1."""
+    pooled = (a * n_a + b * n_b) / (n_a + n_b)
+    standard_error = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     return 0.0 if standard_error == 0 else abs(a - b) / standard_error
 
 

@@ -214,13 +214,14 @@ def test_a_missing_precision_fails_rather_than_passes():
 
 
 def test_class_share_z_is_the_difference_in_binomial_standard_errors():
-    # 0.30 against 0.33 of 1,000 draws each: sqrt(0.3 * 0.7 / 1000 + 0.33 * 0.67 / 1000) = 0.020763.
-    assert bench.share_difference_z(0.30, 0.33, 1000, 1000) == pytest.approx(0.03 / 0.020763, rel=1e-4)
+    # 0.30 against 0.33 of 1,000 draws each: pooled 0.315, sqrt(0.315 * 0.685 * 2 / 1000) = 0.020774.
+    assert bench.share_difference_z(0.30, 0.33, 1000, 1000) == pytest.approx(0.03 / 0.020774, rel=1e-4)
     assert bench.share_difference_z(0.0, 0.0, 400, 1000) == 0.0
+    assert bench.share_difference_z(0.0, 1.0, 400, 1000) > 20       # all against none: no noise explains it
     a = dict(num_samples=1000, shares={"0": 0.30, "1": 0.70})
     b = dict(num_samples=1000, shares={"0": 0.33, "1": 0.62, "2": 0.05})     # class 2 unseen in a
-    z_class_2 = 0.05 / (0.05 * 0.95 / 1000) ** 0.5
-    assert bench.largest_share_z(a, b) == pytest.approx(z_class_2)
+    # Class 1 differs most (0.08, z 3.8), class 2 is least likely to by chance: pooled 0.025, z 7.16.
+    assert bench.largest_share_z(a, b) == pytest.approx(0.05 / (0.025 * 0.975 * 2 / 1000) ** 0.5)
 
 
 def test_candidates_parse_and_bad_ones_say_what_to_write():
