@@ -16,12 +16,14 @@ of the reference's UNet evaluations. It passes overall when it passes on every c
 The second reference is judged by the same rule too (but for the evaluation count): a sampler that
 draws from the reference's own distribution from an independent seed fails the share and
 precision/recall checks as often as the second reference does, so its verdict is the rule's noise
-floor at this many samples. The table's
-"max class z" (not part of the rule) is the largest, over the classes, of a class's share difference
-in standard errors (a two-proportion z): for two independent draws of the same sampler, noise alone
-keeps it below 2.8 over ten classes in at least 19 draws of 20 (c with (2 Phi(c) - 1)^K = 0.95 for K
-classes; correlated shares only lower it). That calibrates the second reference's row; a candidate
-starts from the reference's own seed, so its draw is correlated with the reference's and its z reads low.
+floor at this many samples.
+
+The table's "max class z" (not part of the rule) is the largest, over the classes, of a class's share
+difference in standard errors (a two-proportion z): for two independent draws of the same sampler,
+noise alone keeps it below 2.8 over ten classes in at least 19 draws of 20 (c with
+(2 Phi(c) - 1)^K = 0.95 for K classes; correlated shares only lower it). That calibrates the second
+reference's row; a candidate starts from the reference's own seed, so its draw is correlated with the
+reference's and its z reads low.
 
 The default candidates take 1,338 UNet evaluations per image, the two references 2,000: about 3.3
 times one 1,000-step draw, which for 1,000 images of a 16 px model takes 30-47 minutes on one CPU core.
@@ -109,10 +111,16 @@ def within(value, target, tolerance):
     return value is not None and target is not None and abs(value - target) <= tolerance + ROUNDING_SLACK
 
 
-def largest_share_difference(measurement, reference):
-    """The largest |share difference| over the classes of either measurement ({class: share} under 'shares')."""
+def class_share_pairs(measurement, reference):
+    """(measurement's share, reference's share) of every class of either ({class: share} under 'shares';
+    a class one of them never drew has share 0 there)."""
     a, b = measurement["shares"], reference["shares"]
-    return max(abs(a.get(c, 0.0) - b.get(c, 0.0)) for c in {*a, *b})
+    return [(a.get(c, 0.0), b.get(c, 0.0)) for c in {*a, *b}]
+
+
+def largest_share_difference(measurement, reference):
+    """The largest |share difference| over the classes of either measurement."""
+    return max(abs(x - y) for x, y in class_share_pairs(measurement, reference))
 
 
 def share_difference_z(a, b, n_a, n_b):
@@ -125,9 +133,8 @@ def share_difference_z(a, b, n_a, n_b):
 
 def largest_share_z(measurement, reference):
     """The largest share_difference_z over the classes of either measurement."""
-    a, b = measurement["shares"], reference["shares"]
-    return max(share_difference_z(a.get(c, 0.0), b.get(c, 0.0), measurement["num_samples"], reference["num_samples"])
-               for c in {*a, *b})
+    n_a, n_b = measurement["num_samples"], reference["num_samples"]
+    return max(share_difference_z(x, y, n_a, n_b) for x, y in class_share_pairs(measurement, reference))
 
 
 def pass_checks(candidate, reference, second_reference):
@@ -276,8 +283,7 @@ def table_row(measurement, reference, verdict_text):
     return (measurement["sampler"], str(measurement["steps"]), str(measurement["unet_evaluations"]),
             fmt(measurement["seconds"], ".1f"), fmt(measurement["sensitive_share"]),
             fmt(largest_share_difference(measurement, reference)), fmt(largest_share_z(measurement, reference), ".1f"),
-            fmt(measurement["precision"]),
-            fmt(measurement["recall"]), fmt(measurement["fd_classes"]), verdict_text)
+            fmt(measurement["precision"]), fmt(measurement["recall"]), fmt(measurement["fd_classes"]), verdict_text)
 
 
 def markdown_table(result):
