@@ -13,6 +13,10 @@ is null with the reason, and fd_classifier, the Frechet distance in the classifi
 stands in for it. --save_samples DIR writes every evaluated sample as DIR/000000.png, ... for a judge
 of your own.
 
+A training state of a finished run (checkpoints/{key}.state/checkpoint-STEP, saved by
+--checkpointing_steps) is judged as its run, with the state's weights: a point of the learning curve,
+keyed {key}_ckpt{STEP} and recorded with the training time up to it.
+
 A pipeline folder this project did not train (a DDPMPipeline, a DDIMPipeline or any folder with a
 UNet2DModel in unet/ and a scheduler/) needs the data to judge it against: --config_name (the config's
 test set and judges; the model must take its images) or --train_data_dir (an image folder, resized to
@@ -27,16 +31,18 @@ from configs import CONFIGS, DEFAULT_FOLDER_CONFIG
 from models import SAMPLERS
 from utils.cli import add_eval_args, add_num_inference_steps, add_output_dir, eval_options, seed_value
 from utils.errors import exits_on_usage_error
-from utils.evaluation import check_eval_args, evaluate_and_save, load_checkpoint_model
+from utils.evaluation import check_eval_args, evaluate_and_save
 from utils.experiment import save_sample_grid
-from utils.pipelines import FOREIGN_SEED, default_output_dir, foreign_pipeline_run, is_foreign_pipeline, trained_run
+from utils.pipelines import FOREIGN_SEED, default_output_dir, foreign_pipeline_run, is_foreign_pipeline, \
+    is_training_state, load_judged_model, trained_run, training_state_run
 from utils.run import check_output_dir
 from utils.sampling import sampling_precision
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint_dir", help="a checkpoints/main_* folder written by main.py or main-ft.py, or any "
+    parser.add_argument("checkpoint_dir", help="a checkpoints/main_* folder written by main.py or main-ft.py, one of "
+                                               "its training states (checkpoints/main_*.state/checkpoint-STEP), or any "
                                                "pixel-space diffusers pipeline folder")
     add_eval_args(parser, allow_zero=False)
     add_num_inference_steps(parser, help="sampling steps (default: the run's; another count is recorded and tags the key)")
@@ -63,13 +69,15 @@ def main(args):
     if is_foreign_pipeline(args.checkpoint_dir):
         run, record = foreign_pipeline_run(args.checkpoint_dir, output_dir, sampler=args.sampler, data_dir=args.data_dir,
                                            num_inference_steps=args.num_inference_steps, **data), {}
+    elif is_training_state(args.checkpoint_dir):
+        run, record = training_state_run(args.checkpoint_dir, output_dir, **data)
     else:
         run, record = trained_run(args.checkpoint_dir, output_dir, **data)
     check_eval_args(args.classifier_weights, args.inception_weights, args.save_samples)
     check_output_dir(output_dir)
     # Sampled in the run's precision, as its own evaluation after training was (fp32 for --mixed_precision no).
     device, dtype = sampling_precision(mixed_precision=record.get("mixed_precision"))
-    unet, noise_scheduler = load_checkpoint_model(args.checkpoint_dir, device)
+    unet, noise_scheduler = load_judged_model(args.checkpoint_dir, device)
     _, result = evaluate_and_save(run, unet, noise_scheduler, eval_options(args, data_dir=args.data_dir), dtype=dtype,
                                   checkpoint=args.checkpoint_dir)
     if result["key"] != run.key:     # another sampler or step count: its own grid beside its own result

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from scipy import linalg
 from torch import nn
 
@@ -30,9 +31,12 @@ from utils.classifier import (CLASSES, CLASSIFIER_SEED, ImageClassifier, accurac
                               cache_path, labeled_split, load_or_train_classifier, predict_normal,
                               train_classifier)
 from utils.data import Recipe  # noqa: E402
+from utils.checkpointing import MODEL_FILE, TRAINING_STATE_FILE  # noqa: E402
 from utils.evaluation import config_from_record  # noqa: E402
+from utils.files import RUN_CONFIG_FILE  # noqa: E402
 from utils.metrics import (ClassifierFeatures, frechet_distances, frechet_metric,  # noqa: E402
                            inception_metric_or_reason, non_sensitive_rate)
+from utils.pipelines import default_output_dir, load_judged_model  # noqa: E402
 from utils.report import build_tables, load_results  # noqa: E402
 from utils.run import Run  # noqa: E402
 
@@ -44,6 +48,7 @@ USAGE_EXIT = 2
 TINY_N_TEST = 40
 TINY_COUNTS = ["--n_u_normal", "100", "--n_u_sensitive", "10", "--n_s", "10", "--n_test", str(TINY_N_TEST)]
 CPU = torch.device("cpu")
+STATE_STEP = 2      # the tiny run (4 steps) saves a training state every STATE_STEP steps
 
 
 def run_script(script, *args, torch_home):
@@ -264,10 +269,12 @@ def test_result_key_is_tagged_only_when_sampler_or_steps_differ_from_the_config(
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, digits_classifier):
-    """A 1-epoch digits checkpoint from `python main.py`, with the cached classifier beside it."""
+    """A 1-epoch digits checkpoint from `python main.py`, its training states and the cached classifier
+    beside it."""
     out = tmp_path_factory.mktemp("run")
     proc = run_script("main.py", "--config_name", DIGITS, "--num_epochs", "1", "--num_inference_steps", "2",
-                      *TINY_COUNTS, "--num_eval_samples", "0", "--output_dir", out, torch_home=out / "torch_home")
+                      *TINY_COUNTS, "--num_eval_samples", "0", "--checkpointing_steps", STATE_STEP, "--output_dir", out,
+                      torch_home=out / "torch_home")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "outputs" / "results").exists()          # --num_eval_samples 0 skips the evaluation
     _, meta, _ = digits_classifier
@@ -319,6 +326,46 @@ def test_evaluate_with_another_sampler_writes_a_result_of_its_own(tiny_checkpoin
     result = json.loads((results / f"{KEY}_ddpm.json").read_text())
     assert (result["sampler"], result["num_inference_steps"], result["num_samples"]) == ("ddpm", 2, 8)
     assert [p.name for p in (out / "outputs" / "images").iterdir()] == [f"{KEY}_ddpm.png"]   # its own grid
+
+
+def test_evaluate_judges_a_training_state_as_its_run_with_the_state_weights(tiny_checkpoint, tmp_path):
+    state = tiny_checkpoint / "checkpoints" / f"{KEY}.state" / f"checkpoint-{STATE_STEP}"
+    out = tmp_path / "out"
+    shutil.copytree(tiny_checkpoint / "checkpoints" / "classifiers", out / "checkpoints" / "classifiers")
+    evaluate.main(evaluate.parse_args([str(state), "--output_dir", str(out), "--num_samples", "8",
+                                       "--eval_batch_size", "8"]))
+    key = KEY.removesuffix("_42") + f"_ckpt{STATE_STEP}_42"        # the run's key, tagged before the seed
+    result = json.loads((out / "outputs" / "results" / f"{key}.json").read_text())
+    assert (result["key"], result["seed"], result["sampler"], result["num_inference_steps"], result["checkpoint"]) \
+        == (key, 42, "ddim", 2, str(state))                          # sampled as the run is
+    run_seconds = json.loads((tiny_checkpoint / "checkpoints" / KEY / RUN_CONFIG_FILE).read_text())["train_seconds"]
+    assert 0 < result["times"]["train_s"] < run_seconds               # the training time up to the state
+    assert default_output_dir(state) == tiny_checkpoint.resolve()     # its run's root, as for the run itself
+    saved = load_file(state / MODEL_FILE)
+    judged, _ = load_judged_model(state, CPU)
+    assert all(torch.equal(weights, saved[name]) for name, weights in judged.state_dict().items())
+    final, _ = load_judged_model(tiny_checkpoint / "checkpoints" / KEY, CPU)
+    assert not all(torch.equal(weights, saved[name]) for name, weights in final.state_dict().items())
+
+
+@pytest.mark.parametrize("case, says", [("unfinished run", "is not saved"), ("another run's state", "not of"),
+                                        ("damaged weights", "damaged or missing")])
+def test_evaluate_refuses_a_training_state_it_cannot_judge_as_its_run(tiny_checkpoint, tmp_path, case, says, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    state = checkpoints / f"{KEY}.state" / f"checkpoint-{STATE_STEP}"
+    shutil.copytree(tiny_checkpoint / "checkpoints" / state.parent.name / state.name, state)
+    if case != "unfinished run":
+        shutil.copytree(tiny_checkpoint / "checkpoints" / KEY, checkpoints / KEY)
+    if case == "another run's state":
+        record = json.loads((state / TRAINING_STATE_FILE).read_text())
+        (state / TRAINING_STATE_FILE).write_text(json.dumps(dict(record, key=KEY.removesuffix("_42") + "_7")))
+    if case == "damaged weights":
+        (state / MODEL_FILE).write_bytes((state / MODEL_FILE).read_bytes()[:100])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(evaluate.parse_args([str(state), "--output_dir", str(tmp_path / "out")]))
+    assert exit_info.value.code == USAGE_EXIT
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "stable diffusion run"])

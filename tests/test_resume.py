@@ -27,15 +27,13 @@ import main
 import utils.training
 from fixtures import cpu_env, offline_env, write_cifar10
 from tiny_models import load_script, save_tiny_ddpm
-from utils.checkpointing import TRAINING_STATE_FILE, list_checkpoints
+from utils.checkpointing import PROGRESS_FILE, TRAINING_STATE_FILE, list_checkpoints
 from utils.errors import USAGE_EXIT_CODE
 from utils.files import RUN_CONFIG_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # The killed run's first training state comes after start-up (~10 s) and a few steps (~1 s idle).
 KILL_TIMEOUT_S = 120
-# accelerate saves registered objects in order as custom_checkpoint_{i}.pkl: the lr schedule, then the progress.
-PROGRESS_FILE = "custom_checkpoint_1.pkl"
 DIVERGED_EXIT = 3               # README, Reproducibility: a non-finite loss or gradient exits with code 3
 
 

@@ -30,8 +30,10 @@ CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
 LATEST = "latest"
 # What accelerate's save_state writes for one model, optimizer, registered schedule and progress.
-STATE_FILES = ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
-               "random_states_0.pkl")
+# Registered objects are saved in order as custom_checkpoint_{i}.pkl: the LR schedule, then the progress.
+MODEL_FILE = "model.safetensors"
+PROGRESS_FILE = "custom_checkpoint_1.pkl"
+STATE_FILES = (MODEL_FILE, "optimizer.bin", "custom_checkpoint_0.pkl", PROGRESS_FILE, "random_states_0.pkl")
 # On a GPU, reading the guard's flag every step would stall the launch queue once a step; it is
 # read every this many steps (and before every save and at every epoch end) instead. The message
 # still names the first bad step, recorded on the device.
@@ -56,6 +58,11 @@ def list_checkpoints(state_dir):
 
 def read_training_state(path):
     return json.loads((Path(path) / TRAINING_STATE_FILE).read_text())
+
+
+def state_training_seconds(path):
+    """The training time, in seconds, up to the training state at `path` (its TrainingProgress's)."""
+    return torch.load(Path(path) / PROGRESS_FILE, map_location="cpu", weights_only=True)["seconds"]
 
 
 def resolve_resume(value, state_dir, key):
@@ -93,10 +100,10 @@ def check_complete(path, state_dir):
         raise UsageError(f"{path} is incomplete (no {', '.join(missing)}); resume from another state under "
                          f"{state_dir} or start over with --overwrite")
     try:   # the weights' header names every tensor's extent: a cut-short file fails here, cheaply
-        with safe_open(path / STATE_FILES[0], framework="pt"):
+        with safe_open(path / MODEL_FILE, framework="pt"):
             pass
     except SafetensorError as e:
-        raise UsageError(f"{path / STATE_FILES[0]} is damaged ({e}); resume from another state under "
+        raise UsageError(f"{path / MODEL_FILE} is damaged ({e}); resume from another state under "
                          f"{state_dir} or start over with --overwrite")
     return path
 

@@ -1,7 +1,7 @@
 """Which run a folder given to evaluate.py is: a checkpoint main.py or main-ft.py wrote (its run record
-says everything), or a pixel-space diffusers pipeline this project did not train, which needs the data
-to judge it against (a config's test set and judges, or an image folder) and samples as it samples by
-itself unless told otherwise.
+says everything), a training state of such a run (a point of its learning curve), or a pixel-space
+diffusers pipeline this project did not train, which needs the data to judge it against (a config's
+test set and judges, or an image folder) and samples as it samples by itself unless told otherwise.
 """
 import inspect
 from dataclasses import replace
@@ -9,15 +9,21 @@ from pathlib import Path
 
 from configs import DEFAULT_FOLDER_CONFIG, get_config
 from models import IMAGE_CHANNELS, SAMPLERS, sampler_for_scheduler
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
 from models.pretrained import load_pipeline_configs, unet_image_shape
+from utils.checkpointing import MODEL_FILE, STATE_SUFFIX, TRAINING_STATE_FILE, read_training_state, \
+    state_training_seconds
 from utils.errors import UsageError
-from utils.evaluation import read_checkpoint_run
+from utils.evaluation import load_checkpoint_model, read_checkpoint_run
 from utils.files import PIPELINE_INDEX, RUN_CONFIG_FILE
 from utils.folders import CHANNEL_MODES, folder_config, folder_name, scan_folder
 from utils.records import PIPELINE_SCRIPT
 from utils.run import DEFAULT_DATA_DIR, Run, RunRequest
 
 FOREIGN_SEED = 0          # a pipeline without a run record has no seed of its own
+STATE_TAG = "ckpt"        # a training state's results are keyed as its run's, tagged ckpt{step}
 
 
 class PipelineRun(Run):
@@ -42,9 +48,23 @@ def is_foreign_pipeline(folder):
     return (folder / PIPELINE_INDEX).is_file() and not (folder / RUN_CONFIG_FILE).is_file()
 
 
+def is_training_state(folder):
+    """A checkpoint-STEP folder of training state (utils.checkpointing)."""
+    return (Path(folder) / TRAINING_STATE_FILE).is_file()
+
+
+def finished_pipeline(state):
+    """checkpoints/{key}/: where the run whose training state is checkpoints/{key}.state/checkpoint-STEP
+    saves its pipeline."""
+    state_dir = Path(state).parent
+    return state_dir.with_name(state_dir.name.removesuffix(STATE_SUFFIX))
+
+
 def default_output_dir(checkpoint):
-    """The run's root: the folder above checkpoints/{key}, or the current folder."""
+    """The run's root: the folder above checkpoints/{key} (a training state's run's), or the current folder."""
     checkpoint = Path(checkpoint).resolve()
+    if is_training_state(checkpoint):
+        checkpoint = finished_pipeline(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")
 
 
@@ -119,3 +139,39 @@ def trained_run(checkpoint, root, *, config_name=None, train_data_dir=None, seed
                              f"folder; leave it out (--data_dir says where that dataset lies)")
         run.config = replace(run.config, train_data_dir=str(scan_folder(train_data_dir).root))
     return run, record
+
+
+def training_state_run(state, root, *, config_name=None, train_data_dir=None, seed=None):
+    """(Run, run record) of a training state of a finished run, judged as the run is (its record, split,
+    sampler and seed; `root` and the data arguments as for trained_run), keyed as the run's tagged
+    ckpt{step}, with the training time up to the state. The weights are the state's, in the run's
+    pipeline: a state of an unfinished run is refused (UsageError), as is one whose weights are damaged."""
+    state = Path(state)
+    saved, pipeline = read_training_state(state), finished_pipeline(state)
+    if not (pipeline / RUN_CONFIG_FILE).is_file():
+        raise UsageError(f"{state} is a training state of run {saved.get('key')}, whose pipeline {pipeline} is not "
+                         f"saved: its states are judged once it has finished (resume it with "
+                         f"--resume_from_checkpoint latest)")
+    run, record = trained_run(pipeline, root, config_name=config_name, train_data_dir=train_data_dir, seed=seed)
+    if saved.get("key") != run.key:
+        raise UsageError(f"{state} is a training state of run {saved.get('key')}, not of {run.key}, the run saved "
+                         f"beside it in {pipeline}; give a checkpoint-STEP folder of that run")
+    try:   # the header names every tensor's extent: a cut-short file fails here, before anything is written
+        with safe_open(state / MODEL_FILE, framework="pt"):
+            pass
+    except (OSError, SafetensorError) as e:
+        raise UsageError(f"{state / MODEL_FILE} is damaged or missing ({e}); evaluate another state under "
+                         f"{state.parent}")
+    run.tags = (*run.tags, f"{STATE_TAG}{saved['step']}")
+    run.train_seconds = round(state_training_seconds(state), 1)
+    return run, record
+
+
+def load_judged_model(folder, device):
+    """(unet, noise scheduler) that evaluate.py judges: a pipeline folder's, or a training state's weights
+    in its run's pipeline."""
+    if not is_training_state(folder):
+        return load_checkpoint_model(folder, device)
+    unet, noise_scheduler = load_checkpoint_model(finished_pipeline(folder), device)
+    unet.load_state_dict(load_file(Path(folder) / MODEL_FILE, device=str(device)))
+    return unet, noise_scheduler
