@@ -10,7 +10,8 @@ and seed (docs/own-data.md gives the layout):
     OUT/unlabeled/        U: the sensitive images hidden in it, then its normal ones
     OUT/sensitive/        S
     OUT/test/normal/      the config's normal test set (its first n_test normal test images)
-    OUT/test/sensitive/   the first --n_test_sensitive sensitive test images (default: n_test)
+    OUT/test/sensitive/   the first --n_test_sensitive sensitive test images (default: n_test, or all
+                          of them where the test split holds fewer: Fashion-MNIST's 4,000 against 6,000)
     OUT/unlabeled_truth.csv   each U file's class and whether it is sensitive, for analysis only: the
                               training scripts read images, never this file
 
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     for name, (kind, what) in DATA_COUNT_ARGS.items():
         counts.add_argument(f"--{name}", type=kind, help=f"{what} (default: the config's)")
     parser.add_argument("--n_test_sensitive", type=non_negative_int,
-                        help="sensitive test images for test/sensitive/ (default: n_test; 0 leaves the folder out)")
+                        help="sensitive test images for test/sensitive/ (default: n_test, or all of the test split's "
+                             "where it holds fewer; 0 leaves the folder out)")
     parser.add_argument("--data_dir", default="datasets", help="data root (default: %(default)s)")
     parser.add_argument("--output_dir", required=True, help="the folder to write (must not exist)")
     return parser.parse_args(argv)
@@ -62,13 +64,16 @@ def as_image(item):
 
 
 def split_files(config, data_dir, seed, n_test_sensitive):
-    """{part: [(dataset, index, class)]} of every image to write, in the split's order."""
+    """{part: [(dataset, index, class)]} of every image to write, in the split's order; `n_test_sensitive`
+    None takes n_test sensitive test images, or all of them where the test split holds fewer."""
     train, train_targets = load_dataset(config, data_dir, train=True)
     test, test_targets = load_dataset(config, data_dir, train=False)
     split = pu_split(train_targets, config, seed)
     s, u = split.indices[:config.n_s], split.indices[config.n_s:]
     sensitive_test = np.flatnonzero(~np.isin(test_targets, config.normal_classes))
-    if n_test_sensitive > len(sensitive_test):
+    if n_test_sensitive is None:
+        n_test_sensitive = min(config.n_test, len(sensitive_test))
+    elif n_test_sensitive > len(sensitive_test):
         raise UsageError(f"asked for {n_test_sensitive} sensitive test images but the test split holds only "
                          f"{len(sensitive_test)}; lower --n_test_sensitive")
     return {UNLABELED: [(train, i, train_targets[i]) for i in u], SENSITIVE: [(train, i, train_targets[i]) for i in s],
@@ -102,8 +107,7 @@ def export(config, data_dir, seed, output_dir, n_test_sensitive):
 @exits_on_usage_error
 def main(args):
     config = with_overrides(get_config(args.config_name), **{name: getattr(args, name) for name in DATA_COUNT_ARGS})
-    n_test_sensitive = config.n_test if args.n_test_sensitive is None else args.n_test_sensitive
-    counts = export(config, args.data_dir, args.seed, args.output_dir, n_test_sensitive)
+    counts = export(config, args.data_dir, args.seed, args.output_dir, args.n_test_sensitive)
     print(f"{args.output_dir}: " + ", ".join(f"{part}/ {n}" for part, n in counts.items())
           + f" images ({args.config_name}, seed {args.seed}; U holds {config.n_u_sensitive} sensitive); "
           f"train with --train_data_dir {args.output_dir} --resolution {config.image_size}")

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from configs import get_config, with_overrides
 from fixtures import refused, write_image_folder
 from tiny_models import load_script, save_tiny_ddpm
-from utils.errors import USAGE_EXIT_CODE
-from utils.folders import folder_name, list_images, load_folder_data, load_images, scan_folder
+from utils.errors import USAGE_EXIT_CODE, UsageError
+from utils.folders import TEST_NORMAL, TEST_SENSITIVE, folder_name, list_images, load_folder_data, load_images, scan_folder
 
 RECIPE = "FashionMNIST_clothes_cpu"      # the default recipe of folder runs: 16 px, a small CNN judge
 QUICK = ["--num_epochs", "1", "--batch_size", "8", "--num_inference_steps", "2", "--num_eval_samples", "8"]
@@ -370,3 +370,21 @@ def test_exported_split_gives_the_configs_own_training_tensors(data_root, tmp_pa
     assert sum(line.endswith(",1") for line in truth[1:]) == 3
     with pytest.raises(SystemExit):      # it never writes over a folder
         export.main(export.parse_args(["MNIST_even", "--data_dir", str(root), "--output_dir", str(out)]))
+
+
+def test_export_takes_every_sensitive_test_image_where_the_test_split_holds_fewer_than_n_test(data_root, tmp_path):
+    root, (_, test_labels) = data_root[0], data_root[1]["MNIST"]
+    export = load_script("analysis/export_folders.py")
+    # Six normal digits against four sensitive ones: fewer sensitive test images than normal ones, as in
+    # Fashion-MNIST's clothes configs.
+    normal = (0, 1, 2, 4, 6, 8)
+    n_normal, n_sensitive = int(np.isin(test_labels, normal).sum()), int((~np.isin(test_labels, normal)).sum())
+    assert n_sensitive < n_normal
+    config = with_overrides(get_config("MNIST_even"), normal_classes=normal, n_u_normal=20, n_u_sensitive=2, n_s=2,
+                            n_test=n_normal)
+    counts = export.export(config, root, 0, tmp_path / "default", None)
+    assert (counts[TEST_NORMAL], counts[TEST_SENSITIVE]) == (n_normal, n_sensitive)
+    assert counts == export.export(config, root, 0, tmp_path / "all", n_sensitive)   # the same as asking for all
+    with pytest.raises(UsageError, match="lower --n_test_sensitive"):                # more is refused, unwritten
+        export.export(config, root, 0, tmp_path / "more", n_sensitive + 1)
+    assert not (tmp_path / "more").exists()
