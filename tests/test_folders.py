@@ -19,7 +19,8 @@ from configs import get_config, with_overrides
 from fixtures import refused, write_image_folder
 from tiny_models import load_script, save_tiny_ddpm
 from utils.errors import USAGE_EXIT_CODE, UsageError
-from utils.folders import TEST_NORMAL, TEST_SENSITIVE, folder_name, list_images, load_folder_data, load_images, scan_folder
+from utils.folders import TEST_NORMAL, TEST_SENSITIVE, folder_name, list_images, load_folder_data, load_images, \
+    scan_folder
 
 RECIPE = "FashionMNIST_clothes_cpu"      # the default recipe of folder runs: 16 px, a small CNN judge
 QUICK = ["--num_epochs", "1", "--batch_size", "8", "--num_inference_steps", "2", "--num_eval_samples", "8"]
