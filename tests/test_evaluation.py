@@ -31,7 +31,7 @@ from utils.classifier import (CLASSES, CLASSIFIER_SEED, ImageClassifier, accurac
                               cache_path, labeled_split, load_or_train_classifier, predict_normal,
                               train_classifier)
 from utils.data import Recipe  # noqa: E402
-from utils.checkpointing import MODEL_FILE, TRAINING_STATE_FILE  # noqa: E402
+from utils.checkpointing import MODEL_FILE, PROGRESS_FILE, TRAINING_STATE_FILE  # noqa: E402
 from utils.evaluation import config_from_record  # noqa: E402
 from utils.files import RUN_CONFIG_FILE  # noqa: E402
 from utils.metrics import (ClassifierFeatures, frechet_distances, frechet_metric,  # noqa: E402
@@ -349,7 +349,8 @@ def test_evaluate_judges_a_training_state_as_its_run_with_the_state_weights(tiny
 
 
 @pytest.mark.parametrize("case, says", [("unfinished run", "is not saved"), ("another run's state", "not of"),
-                                        ("damaged weights", "damaged or missing")])
+                                        ("damaged weights", "damaged or incomplete"),
+                                        ("no progress", "damaged or incomplete")])
 def test_evaluate_refuses_a_training_state_it_cannot_judge_as_its_run(tiny_checkpoint, tmp_path, case, says, capsys):
     checkpoints = tmp_path / "checkpoints"
     state = checkpoints / f"{KEY}.state" / f"checkpoint-{STATE_STEP}"
@@ -361,6 +362,8 @@ def test_evaluate_refuses_a_training_state_it_cannot_judge_as_its_run(tiny_check
         (state / TRAINING_STATE_FILE).write_text(json.dumps(dict(record, key=KEY.removesuffix("_42") + "_7")))
     if case == "damaged weights":
         (state / MODEL_FILE).write_bytes((state / MODEL_FILE).read_bytes()[:100])
+    if case == "no progress":
+        (state / PROGRESS_FILE).unlink()
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(evaluate.parse_args([str(state), "--output_dir", str(tmp_path / "out")]))
     assert exit_info.value.code == USAGE_EXIT

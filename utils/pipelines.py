@@ -9,13 +9,13 @@ from pathlib import Path
 
 from configs import DEFAULT_FOLDER_CONFIG, get_config
 from models import IMAGE_CHANNELS, SAMPLERS, sampler_for_scheduler
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from models.pretrained import load_pipeline_configs, unet_image_shape
 from utils.checkpointing import MODEL_FILE, STATE_SUFFIX, TRAINING_STATE_FILE, read_training_state, \
     state_training_seconds
-from utils.errors import UsageError
+from utils.errors import UsageError, first_line
 from utils.evaluation import load_checkpoint_model, read_checkpoint_run
 from utils.files import PIPELINE_INDEX, RUN_CONFIG_FILE
 from utils.folders import CHANNEL_MODES, folder_config, folder_name, scan_folder
@@ -156,14 +156,15 @@ def training_state_run(state, root, *, config_name=None, train_data_dir=None, se
     if saved.get("key") != run.key:
         raise UsageError(f"{state} is a training state of run {saved.get('key')}, not of {run.key}, the run saved "
                          f"beside it in {pipeline}; give a checkpoint-STEP folder of that run")
-    try:   # the header names every tensor's extent: a cut-short file fails here, before anything is written
+    try:   # before anything is written; the weights' header names every tensor's extent, so a cut-short file fails
         with safe_open(state / MODEL_FILE, framework="pt"):
             pass
-    except (OSError, SafetensorError) as e:
-        raise UsageError(f"{state / MODEL_FILE} is damaged or missing ({e}); evaluate another state under "
-                         f"{state.parent}")
+        seconds = state_training_seconds(state)
+    except Exception as e:   # a damaged or missing file: safetensors, pickle and torch.load raise their own kinds
+        raise UsageError(f"{state} is damaged or incomplete ({type(e).__name__}: {first_line(e, '')}); evaluate "
+                         f"another state under {state.parent}")
     run.tags = (*run.tags, f"{STATE_TAG}{saved['step']}")
-    run.train_seconds = round(state_training_seconds(state), 1)
+    run.train_seconds = round(seconds, 1)
     return run, record
 
 
