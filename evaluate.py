@@ -15,7 +15,8 @@ of your own.
 
 A training state of a finished run (checkpoints/{key}.state/checkpoint-STEP, saved by
 --checkpointing_steps) is judged as its run, with the state's weights: a point of the learning curve,
-keyed {key}_ckpt{STEP} and recorded with the training time up to it.
+keyed as the run with the tag ckpt{STEP} before the seed, and recorded with the training loop's time
+up to it.
 
 A pipeline folder this project did not train (a DDPMPipeline, a DDIMPipeline or any folder with a
 UNet2DModel in unet/ and a scheduler/) needs the data to judge it against: --config_name (the config's

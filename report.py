@@ -4,7 +4,8 @@
 
 Reads every RESULTS_DIR/*.json (main.py, main-ft.py, main-sd.py, evaluate.py and evaluate-sd.py write
 them) and prints one table per metric: rows are algorithms (with beta where an algorithm ran with
-several, and the key's tags, e.g. nS30, where runs differ in them), columns are
+several, and the key's tags, e.g. nS30, where runs differ in them, in numeric order: a learning curve's
+ckpt500 before ckpt1000), columns are
 configs, cells are the mean +- sample standard deviation over seeds with the count, e.g.
 `0.912 ± 0.004 (n=3)`; "—" marks a cell with no result. The rate table's headers carry the
 sensitivity classifier's held-out accuracy. The FID table uses `fid`; a column where some run has

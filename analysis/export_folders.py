@@ -11,7 +11,7 @@ and seed (docs/own-data.md gives the layout):
     OUT/sensitive/        S
     OUT/test/normal/      the config's normal test set (its first n_test normal test images)
     OUT/test/sensitive/   the first --n_test_sensitive sensitive test images (default: n_test, or all
-                          of them where the test split holds fewer: Fashion-MNIST's 4,000 against 6,000)
+                          of them where the test split holds fewer, e.g. Fashion-MNIST clothes' 4,000 against 6,000)
     OUT/unlabeled_truth.csv   each U file's class and whether it is sensitive, for analysis only: the
                               training scripts read images, never this file
 

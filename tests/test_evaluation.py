@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from scipy import linalg
 from torch import nn
 
@@ -348,18 +348,49 @@ def test_evaluate_judges_a_training_state_as_its_run_with_the_state_weights(tiny
     assert not all(torch.equal(weights, saved[name]) for name, weights in final.state_dict().items())
 
 
+def copy_state(tiny_checkpoint, checkpoints, with_pipeline=True):
+    """The tiny run's state at STATE_STEP (and its pipeline) copied under `checkpoints`: the copy's path."""
+    state = checkpoints / f"{KEY}.state" / f"checkpoint-{STATE_STEP}"
+    shutil.copytree(tiny_checkpoint / "checkpoints" / state.parent.name / state.name, state)
+    if with_pipeline:
+        shutil.copytree(tiny_checkpoint / "checkpoints" / KEY, checkpoints / KEY)
+    return state
+
+
+def test_evaluate_judges_a_multi_process_state_and_one_without_a_training_time(tiny_checkpoint, tmp_path):
+    state = copy_state(tiny_checkpoint, tmp_path / "checkpoints")
+    shutil.copytree(tiny_checkpoint / "checkpoints" / "classifiers", tmp_path / "checkpoints" / "classifiers")
+    saved = load_file(state / MODEL_FILE)
+    # A multi-process run saves the DistributedDataParallel wrapper's names; older states have no time.
+    save_file({f"module.{name}": weights for name, weights in saved.items()}, state / MODEL_FILE)
+    progress = torch.load(state / PROGRESS_FILE, weights_only=True)
+    torch.save({k: v for k, v in progress.items() if k != "seconds"}, state / PROGRESS_FILE)
+    judged, _ = load_judged_model(state, CPU)
+    assert all(torch.equal(weights, saved[name]) for name, weights in judged.state_dict().items())
+    evaluate.main(evaluate.parse_args([str(state), "--num_samples", "8", "--eval_batch_size", "8"]))
+    key = KEY.removesuffix("_42") + f"_ckpt{STATE_STEP}_42"
+    assert json.loads((tmp_path / "outputs" / "results" / f"{key}.json").read_text())["times"]["train_s"] is None
+
+
 @pytest.mark.parametrize("case, says", [("unfinished run", "is not saved"), ("another run's state", "not of"),
+                                        ("other settings", "was made with learning_rate = 0.5"),
+                                        ("outside its run's folder", "lies outside"),
+                                        ("damaged record", "is damaged"),
                                         ("damaged weights", "damaged or incomplete"),
                                         ("no progress", "damaged or incomplete")])
 def test_evaluate_refuses_a_training_state_it_cannot_judge_as_its_run(tiny_checkpoint, tmp_path, case, says, capsys):
     checkpoints = tmp_path / "checkpoints"
-    state = checkpoints / f"{KEY}.state" / f"checkpoint-{STATE_STEP}"
-    shutil.copytree(tiny_checkpoint / "checkpoints" / state.parent.name / state.name, state)
-    if case != "unfinished run":
-        shutil.copytree(tiny_checkpoint / "checkpoints" / KEY, checkpoints / KEY)
+    state = copy_state(tiny_checkpoint, checkpoints, with_pipeline=case != "unfinished run")
+    record = json.loads((state / TRAINING_STATE_FILE).read_text())
     if case == "another run's state":
-        record = json.loads((state / TRAINING_STATE_FILE).read_text())
         (state / TRAINING_STATE_FILE).write_text(json.dumps(dict(record, key=KEY.removesuffix("_42") + "_7")))
+    if case == "other settings":
+        settings = dict(record["settings"], learning_rate=0.5)
+        (state / TRAINING_STATE_FILE).write_text(json.dumps(dict(record, settings=settings)))
+    if case == "outside its run's folder":
+        state = shutil.move(state, tmp_path / state.name)
+    if case == "damaged record":
+        (state / TRAINING_STATE_FILE).write_text("{")
     if case == "damaged weights":
         (state / MODEL_FILE).write_bytes((state / MODEL_FILE).read_bytes()[:100])
     if case == "no progress":

@@ -126,6 +126,15 @@ def test_several_betas_get_their_own_rows_and_the_beta_plot(tmp_path, capsys):
     assert (tmp_path / "report.png").is_file()
 
 
+def test_tagged_rows_come_in_numeric_order_as_a_learning_curve_reads(tmp_path, capsys):
+    curve = [dict(result("Digits_even", "PU", 0.1, 0, rate), key=f"main_Digits_even_PU_0.1_ckpt{step}_0",
+                  key_tags=[f"ckpt{step}"])                         # evaluate.py on three training states
+             for step, rate in ((1000, 0.99), (250, 0.93), (500, 0.96))]
+    rate = table_starting(run_report(write(tmp_path, RESULTS + curve), capsys), "Non-sensitive rate")
+    assert [row for row in rate if row.startswith("PU")] == ["PU", "PU (ckpt250)", "PU (ckpt500)", "PU (ckpt1000)"]
+    assert rate["PU (ckpt250)"]["Digits_even (classifier acc. 0.980)"] == "0.930 (n=1)"
+
+
 def test_mixed_sampling_settings_are_kept_apart(tmp_path, capsys):
     fewer_steps = result("Digits_even", "Unsupervised", 0.0, 0, 0.5, steps=10)
     fewer_steps["key"] += "_steps10"        # as evaluate.py tags a run evaluated with other steps

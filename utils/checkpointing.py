@@ -46,6 +46,15 @@ def state_dir_for(checkpoint_dir):
     return checkpoint_dir.with_name(checkpoint_dir.name + STATE_SUFFIX)
 
 
+def checkpoint_dir_for(state):
+    """checkpoints/{key}: where the run whose training state is `state` (a checkpoint-STEP folder under
+    checkpoints/{key}.state) saves its pipeline; None for a state that lies anywhere else."""
+    state_dir = Path(state).parent
+    if not state_dir.name.endswith(STATE_SUFFIX):
+        return None
+    return state_dir.with_name(state_dir.name.removesuffix(STATE_SUFFIX))
+
+
 def list_checkpoints(state_dir):
     """The complete training states under `state_dir`, oldest (lowest step) first."""
     state_dir = Path(state_dir)
@@ -61,8 +70,9 @@ def read_training_state(path):
 
 
 def state_training_seconds(path):
-    """The training time, in seconds, up to the training state at `path` (its TrainingProgress's)."""
-    return torch.load(Path(path) / PROGRESS_FILE, map_location="cpu", weights_only=True)["seconds"]
+    """The training loop's time, in seconds, up to the training state at `path` (its TrainingProgress's;
+    None for a state saved before the progress recorded it)."""
+    return torch.load(Path(path) / PROGRESS_FILE, map_location="cpu", weights_only=True).get("seconds")
 
 
 def resolve_resume(value, state_dir, key):

@@ -4,26 +4,29 @@ diffusers pipeline this project did not train, which needs the data to judge it 
 test set and judges, or an image folder) and samples as it samples by itself unless told otherwise.
 """
 import inspect
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from configs import DEFAULT_FOLDER_CONFIG, get_config
 from models import IMAGE_CHANNELS, SAMPLERS, sampler_for_scheduler
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from models.pretrained import load_pipeline_configs, unet_image_shape
-from utils.checkpointing import MODEL_FILE, STATE_SUFFIX, TRAINING_STATE_FILE, read_training_state, \
-    state_training_seconds
+from utils.checkpointing import CHECKPOINT_PREFIX, MODEL_FILE, STATE_SUFFIX, TRAINING_STATE_FILE, checkpoint_dir_for, \
+    read_training_state, state_training_seconds
 from utils.errors import UsageError, first_line
 from utils.evaluation import load_checkpoint_model, read_checkpoint_run
 from utils.files import PIPELINE_INDEX, RUN_CONFIG_FILE
 from utils.folders import CHANNEL_MODES, folder_config, folder_name, scan_folder
-from utils.records import PIPELINE_SCRIPT
+from utils.records import PIPELINE_SCRIPT, STATE_TAG, check_same_settings, training_settings
 from utils.run import DEFAULT_DATA_DIR, Run, RunRequest
 
 FOREIGN_SEED = 0          # a pipeline without a run record has no seed of its own
-STATE_TAG = "ckpt"        # a training state's results are keyed as its run's, tagged ckpt{step}
+# A multi-process run saves its training states from the DistributedDataParallel wrapper, whose
+# parameter names carry this prefix.
+DDP_PREFIX = "module."
 
 
 class PipelineRun(Run):
@@ -48,23 +51,24 @@ def is_foreign_pipeline(folder):
     return (folder / PIPELINE_INDEX).is_file() and not (folder / RUN_CONFIG_FILE).is_file()
 
 
+class TrainingStateRun(Run):
+    """A finished run judged at one of its training states: its training time is the state's, that of
+    the training loop up to it (None where the state predates recording it)."""
+
+    def elapsed(self):
+        return self.train_seconds
+
+
 def is_training_state(folder):
     """A checkpoint-STEP folder of training state (utils.checkpointing)."""
     return (Path(folder) / TRAINING_STATE_FILE).is_file()
 
 
-def finished_pipeline(state):
-    """checkpoints/{key}/: where the run whose training state is checkpoints/{key}.state/checkpoint-STEP
-    saves its pipeline."""
-    state_dir = Path(state).parent
-    return state_dir.with_name(state_dir.name.removesuffix(STATE_SUFFIX))
-
-
 def default_output_dir(checkpoint):
     """The run's root: the folder above checkpoints/{key} (a training state's run's), or the current folder."""
     checkpoint = Path(checkpoint).resolve()
-    if is_training_state(checkpoint):
-        checkpoint = finished_pipeline(checkpoint)
+    if is_training_state(checkpoint) and checkpoint_dir_for(checkpoint) is not None:
+        checkpoint = checkpoint_dir_for(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")
 
 
@@ -142,30 +146,48 @@ def trained_run(checkpoint, root, *, config_name=None, train_data_dir=None, seed
 
 
 def training_state_run(state, root, *, config_name=None, train_data_dir=None, seed=None):
-    """(Run, run record) of a training state of a finished run, judged as the run is (its record, split,
-    sampler and seed; `root` and the data arguments as for trained_run), keyed as the run's tagged
-    ckpt{step}, with the training time up to the state. The weights are the state's, in the run's
-    pipeline: a state of an unfinished run is refused (UsageError), as is one whose weights are damaged."""
+    """(TrainingStateRun, run record) of a training state of a finished run, judged as the run is (its
+    record, split, sampler and seed; `root` and the data arguments as for trained_run), keyed as the
+    run's with the tag ckpt{step}. The weights are the state's, in the run's pipeline. Refused
+    (UsageError), before anything is written: a state that does not lie in its run's
+    checkpoints/{key}.state/, one of an unfinished run, one that another key or other settings made,
+    and one whose files are damaged."""
     state = Path(state)
-    saved, pipeline = read_training_state(state), finished_pipeline(state)
+    pipeline = checkpoint_dir_for(state)
+    if pipeline is None:
+        raise UsageError(f"{state} lies outside a checkpoints/{{key}}{STATE_SUFFIX}/ folder: a training state is "
+                         f"judged where --checkpointing_steps wrote it, beside its run's pipeline checkpoints/{{key}}/")
+    try:
+        saved = read_training_state(state)
+    except ValueError as e:   # a damaged training_state.json
+        raise UsageError(f"{state / TRAINING_STATE_FILE} is damaged ({first_line(e)}); evaluate another state "
+                         f"under {state.parent}")
     if not (pipeline / RUN_CONFIG_FILE).is_file():
         raise UsageError(f"{state} is a training state of run {saved.get('key')}, whose pipeline {pipeline} is not "
-                         f"saved: its states are judged once it has finished (resume it with "
+                         f"saved: its states are judged once it has finished (re-run its training command with "
                          f"--resume_from_checkpoint latest)")
     run, record = trained_run(pipeline, root, config_name=config_name, train_data_dir=train_data_dir, seed=seed)
     if saved.get("key") != run.key:
         raise UsageError(f"{state} is a training state of run {saved.get('key')}, not of {run.key}, the run saved "
-                         f"beside it in {pipeline}; give a checkpoint-STEP folder of that run")
-    try:   # before anything is written; the weights' header names every tensor's extent, so a cut-short file fails
+                         f"beside it in {pipeline}; give a {CHECKPOINT_PREFIX}STEP folder of that run")
+    # The key leaves settings out (the precision, the recipe's numbers): a state of a run started again
+    # with other ones, and killed before it replaced the pipeline, is not this run's.
+    now = training_settings(record["config"], record.get("pu_correction"), neggrad_weight=record.get("neggrad_weight"))
+    if "mixed_precision" in record:
+        now.update(mixed_precision=record["mixed_precision"])
+    check_same_settings(saved.get("settings", {}), now, f"{state} was",
+                        f"evaluate a state that the training of {pipeline} saved")
+    try:   # the weights' header names every tensor's extent, so a cut-short file fails here
         with safe_open(state / MODEL_FILE, framework="pt"):
             pass
         seconds = state_training_seconds(state)
     except Exception as e:   # a damaged or missing file: safetensors, pickle and torch.load raise their own kinds
         raise UsageError(f"{state} is damaged or incomplete ({type(e).__name__}: {first_line(e, '')}); evaluate "
                          f"another state under {state.parent}")
-    run.tags = (*run.tags, f"{STATE_TAG}{saved['step']}")
-    run.train_seconds = round(seconds, 1)
-    return run, record
+    judged = TrainingStateRun(**{f.name: getattr(run, f.name) for f in fields(run)})
+    judged.tags = (*run.tags, f"{STATE_TAG}{saved['step']}")
+    judged.train_seconds = None if seconds is None else round(seconds, 1)
+    return judged, record
 
 
 def load_judged_model(folder, device):
@@ -173,6 +195,8 @@ def load_judged_model(folder, device):
     in its run's pipeline."""
     if not is_training_state(folder):
         return load_checkpoint_model(folder, device)
-    unet, noise_scheduler = load_checkpoint_model(finished_pipeline(folder), device)
-    unet.load_state_dict(load_file(Path(folder) / MODEL_FILE, device=str(device)))
+    unet, noise_scheduler = load_checkpoint_model(checkpoint_dir_for(folder), device)
+    weights = load_file(Path(folder) / MODEL_FILE, device=str(device))
+    consume_prefix_in_state_dict_if_present(weights, DDP_PREFIX)
+    unet.load_state_dict(weights)
     return unet, noise_scheduler

@@ -30,6 +30,8 @@ KEY_TAGS = {"n_u_normal": "nUn", "n_u_sensitive": "nUs", "n_s": "nS", "n_test": 
             "image_size": "res", "channels": "ch"}
 CORRECTION_TAG = "nn"                   # --pu_correction nn (abs is the default)
 NEGGRAD_WEIGHT_TAG = "w"                # --neggrad_weight 0.3 makes main_Digits_even_NegGrad_0.0_w0.3_0
+STATE_TAG = "ckpt"                      # evaluate.py on the training state at step 500 of main_MNIST_even_PU_0.1_0
+                                        # keys its result main_MNIST_even_PU_0.1_ckpt500_0
 # Config fields that only change sampling or evaluation, or say where the data lies (a moved folder
 # holds the same images); every other field must match to resume or to count a run as finished.
 FREE_FIELDS = ("sampler", "num_inference_steps", "num_eval_samples", "n_test", "classifier_size", "clip_model",

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,6 +39,7 @@ DECIMALS = {RATE: 3, FID: 2, FD_CLASSIFIER: 3, FD_CLASSES: 2}
 DEFAULT_DECIMALS = 3
 SCRIPT_TAGS = {"main": "", "main_ft": " (fine-tuned)"}
 MISSING = "—"
+TAG_NUMBER = re.compile(r"^(\D+)(\d+(?:\.\d*)?(?:e[-+]?\d+)?)$")   # a key tag's name and number: ckpt500, lr1e-05
 REQUIRED = ("config_name", "algorithm", "beta", "seed", "metrics")
 
 
@@ -118,8 +120,16 @@ def row_keys(results):
         text = f"{algorithm} ({', '.join(inside)})" if inside else algorithm
         return f"{text}, {sampling}" if sampling else text
     order = {a: i for i, a in enumerate(ALGORITHM_ORDER)}
-    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], beta_order(k[1]), k[2], k[3]))
+    rows = sorted(set(keys), key=lambda k: (order.get(k[0], len(order)), k[0], beta_order(k[1]), tags_order(k[2]),
+                                            k[3]))
     return keys, {k: label(k) for k in rows}
+
+
+def tags_order(tags):
+    """Key tags as they sort in a table: by name, then by number, so that a learning curve's rows
+    (ckpt500, ckpt1000, ...) or a sweep's (nS10, nS100) come in numeric order."""
+    return tuple((tag, -math.inf) if (m := TAG_NUMBER.match(tag)) is None else (m.group(1), float(m.group(2)))
+                 for tag in tags)
 
 
 def summarize(values):
