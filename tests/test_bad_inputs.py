@@ -258,10 +258,11 @@ def test_sd_data_dir_that_is_a_file(sd_pipeline, tmp_path, capsys):
 
 # --- evaluate.py ------------------------------------------------------------------------------------
 
-def test_evaluating_a_training_state(finished, tmp_path, capsys):
-    state = finished / "checkpoints" / f"{KEY}.state" / "checkpoint-4"
+def test_evaluating_a_training_state_moved_out_of_its_runs_folder(finished, tmp_path, capsys):
+    # A state is judged in its run's pipeline, found beside checkpoints/{key}.state/.
+    state = shutil.copytree(finished / "checkpoints" / f"{KEY}.state" / "checkpoint-4", tmp_path / "checkpoint-4")
     line = refused("evaluate.py", [state, "--output_dir", tmp_path / "out"], capsys, finished)
-    assert "is not a checkpoint folder" in line and not (tmp_path / "out").exists()
+    assert "lies outside a checkpoints/{key}.state/ folder" in line and not (tmp_path / "out").exists()
 
 
 @pytest.fixture
