@@ -65,6 +65,12 @@ run_all() {    # run_all: the lines of $list ("NAME COMMAND") run $jobs at a tim
   fi
 }
 
+train_line() {   # train_line LOG_NAME SCRIPT ARGS...: one training command of $config, without evaluation
+  local name=$1 script=$2
+  shift 2
+  echo "$name python $script --config_name $config $* --data_dir $q_data --output_dir $q_out --num_eval_samples 0 $STATE ${TRAIN_ARGS:-}"
+}
+
 judged() {   # judged KEY: a result of KEY sampled with DDPM in 1,000 steps exists
   local f
   for f in "$out/outputs/results/$1.json" "$out/outputs/results/$1_ddpm_steps1000.json"; do
@@ -77,11 +83,11 @@ sys.exit(not (r['sampler'] == 'ddpm' and r['num_inference_steps'] == 1000))" "$f
 for config in "${configs[@]}"; do
   for seed in "${SEEDS[@]}"; do
     for algorithm in "${ALGORITHMS[@]}"; do
-      echo "main_${config}_${algorithm}_$seed python main.py --config_name $config --algorithm $algorithm --seed $seed --data_dir $q_data --output_dir $q_out --num_eval_samples 0 $STATE ${TRAIN_ARGS:-}"
+      train_line "main_${config}_${algorithm}_$seed" main.py --algorithm $algorithm --seed $seed
     done
     if [ "$config" = Digits_even ]; then
       for w in "${SWEEP_WEIGHTS[@]}"; do
-        echo "main_${config}_NegGrad_w${w}_$seed python main.py --config_name $config --algorithm NegGrad --neggrad_weight $w --seed $seed --data_dir $q_data --output_dir $q_out --num_eval_samples 0 $STATE ${TRAIN_ARGS:-}"
+        train_line "main_${config}_NegGrad_w${w}_$seed" main.py --algorithm NegGrad --neggrad_weight $w --seed $seed
       done
     fi
   done > "$list"
@@ -97,7 +103,8 @@ for config in "${configs[@]}"; do
   epochs=${FT_EPOCHS[$config]}
   for seed in "${SEEDS[@]}"; do
     for algorithm in "${ALGORITHMS[@]}"; do
-      echo "main_ft_${config}_${algorithm}_$seed python main-ft.py --config_name $config --pretrained_model $(printf %q "$pretrained") --algorithm $algorithm --seed $seed --num_epochs $epochs --data_dir $q_data --output_dir $q_out --num_eval_samples 0 $STATE ${TRAIN_ARGS:-}"
+      train_line "main_ft_${config}_${algorithm}_$seed" main-ft.py --pretrained_model "$(printf %q "$pretrained")" \
+        --algorithm $algorithm --seed $seed --num_epochs $epochs
     done
   done > "$list"
   echo "$config: fine-tuning ($(wc -l < "$list") runs)"
