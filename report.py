@@ -26,7 +26,7 @@ fid, fd_classifier; the class classifier's fd_classes, precision, recall and sen
 (class_accuracy in their headers), and share_{class id}, folded into one table per config whose
 columns are the dataset's class names (sensitive ones starred). Any other name (e.g. evaluate-sd.py's brad_pitt_share_brad_pitt_prompt) gets a
 table of its own, so a new script needs no change here. Columns are config_name, tagged with the
-script unless it is main.py; rows gain the sampler and steps where one cell would mix several.
+script unless it is main.py; rows gain the sampler and steps where one column holds several.
 """
 import argparse
 import sys

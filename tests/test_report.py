@@ -144,6 +144,12 @@ def test_mixed_sampling_settings_are_kept_apart(tmp_path, capsys):
     assert rate["Unsupervised, ddim 100"]["Digits_even (classifier acc. 0.980)"] == "0.920 ± 0.020 (n=3)"
 
 
+def test_rows_sampled_differently_in_one_column_name_their_sampling(tmp_path, capsys):
+    ddpm = result("Digits_even", "PU", 0.1, 0, 0.99, sampler="ddpm", steps=1000)
+    rate = table_starting(run_report(write(tmp_path, RESULTS[:3] + [ddpm]), capsys), "Non-sensitive rate")
+    assert set(rate) == {"Unsupervised, ddim 100", "PU, ddpm 1000"}
+
+
 def test_other_scripts_metrics_get_tables_of_their_own(tmp_path, capsys):
     sd = [dict(key=f"main_sd_{a}_{b}_{s}", script="main_sd", config_name="middle_aged_man100", algorithm=a, beta=b,
                seed=s, num_inference_steps=50, metrics=dict(brad_pitt_share_brad_pitt_prompt=v))

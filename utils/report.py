@@ -106,11 +106,13 @@ def row_keys(results):
     betas = defaultdict(set)
     for r in results:
         betas[r["algorithm"]].add(beta_of(r))
-    # Configs may differ in sampler (DDPM 1000 from scratch, DDIM 50 fine-tuned); only a cell that
-    # would average over several sampling settings splits the rows by them.
+    # Configs may differ in sampler (DDPM 1000 from scratch, DDIM 50 fine-tuned), and columns may; a
+    # column whose rows were sampled in several ways would set them side by side as if comparable
+    # (the digits: DDIM 100 draws 16.8% sensitive samples where DDPM 1000 draws 10.0%), so there every
+    # row names its sampling.
     samplings = defaultdict(set)
     for r in results:
-        samplings[r["algorithm"], beta_of(r), tags_of(r), column_of(r)].add(sampling_of(r))
+        samplings[column_of(r)].add(sampling_of(r))
     mixed_sampling = any(len(s) > 1 for s in samplings.values())
     keys = [(r["algorithm"], beta_of(r), tags_of(r), sampling_of(r) if mixed_sampling else "") for r in results]
 
