@@ -106,10 +106,9 @@ def row_keys(results):
     betas = defaultdict(set)
     for r in results:
         betas[r["algorithm"]].add(beta_of(r))
-    # Configs may differ in sampler (DDPM 1000 from scratch, DDIM 50 fine-tuned), and columns may; a
-    # column whose rows were sampled in several ways would set them side by side as if comparable
-    # (the digits: DDIM 100 draws 16.8% sensitive samples where DDPM 1000 draws 10.0%), so there every
-    # row names its sampling.
+    # Columns may differ in sampler (DDPM 1000 from scratch, DDIM 50 fine-tuned). Where one column holds
+    # several, its rows would sit side by side as if comparable (on the digits DDIM 100 draws 16.8%
+    # sensitive samples where DDPM 1000 draws 10.0%), so then every row names its sampling.
     samplings = defaultdict(set)
     for r in results:
         samplings[column_of(r)].add(sampling_of(r))
